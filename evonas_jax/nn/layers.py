@@ -1,0 +1,81 @@
+"""Small shared layers. Arrays are channels-last: tokens (B, H, W, C).
+
+Elastic widths are handled by *masks*: a masked channel is exactly zero after the layer, so a
+supernet at full width computes the same numbers as the sliced network (DESIGN.md invariant 1).
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Official `_init_weights`: trunc-normal std 0.02 for linear layers, zero bias.
+dense_init = nn.initializers.truncated_normal(stddev=0.02)
+
+
+def Dense(features: int, *, use_bias: bool = True, name: str | None = None) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, kernel_init=dense_init, name=name)
+
+
+def DWConv(features: int, *, stride: int = 1, use_bias: bool = True,
+           name: str | None = None) -> nn.Conv:
+  """Depthwise 3x3 conv with PyTorch padding 1: output size ceil(H / stride)."""
+  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+                 feature_group_count=features, use_bias=use_bias, name=name)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis with optional channel mask (masked statistics).
+
+  With `mask` (C,) of 0/1, mean and variance are taken over the active channels only and the
+  inactive outputs are exactly 0, so the result equals LayerNorm of the sliced tensor.
+  eps defaults to PyTorch's 1e-5 to match the official code.
+  """
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    if mask is None:
+      mean = x.mean(-1, keepdims=True)
+      var = jnp.square(x - mean).mean(-1, keepdims=True)
+      return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    n = mask.sum()
+    mean = (x * mask).sum(-1, keepdims=True) / n
+    var = jnp.square((x - mean) * mask).sum(-1, keepdims=True) / n
+    return ((x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias) * mask
+
+
+def drop_path(x, rate: float, rng, deterministic: bool):
+  """Stochastic depth on the residual branch x (B, ...): drop whole samples."""
+  if deterministic or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def gelu(x):
+  # PyTorch nn.GELU default is the exact erf form, not the tanh approximation.
+  return nn.gelu(x, approximate=False)
+
+
+def inv_softplus_dt_init(key, shape, dt_min=1e-3, dt_max=0.1, dt_floor=1e-4):
+  """Mamba dt bias init: dt log-uniform in [dt_min, dt_max], floored, then softplus^-1."""
+  u = jax.random.uniform(key, shape)
+  dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+  dt = jnp.maximum(dt, dt_floor)
+  return dt + jnp.log(-jnp.expm1(-dt))
+
+
+def segments(sizes, full_sizes):
+  """Index array selecting the leading `sizes[i]` entries of each segment of a concatenated
+  axis whose segments have `full_sizes` (the OFA/AutoFormer segment-wise slicing)."""
+  idx, start = [], 0
+  for n, full in zip(sizes, full_sizes):
+    idx.extend(range(start, start + n))
+    start += full
+  return jnp.asarray(idx, jnp.int32)

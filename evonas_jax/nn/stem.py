@@ -1,0 +1,58 @@
+"""Stem (stride 4) and PatchMerging (stride 2, C -> 2C), as in the official VSSD code (§2.1-2.2).
+
+Neither is elastic; both use BatchNorm whose running statistics are shared by every subnet.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+
+from evonas_jax.nn.layers import DWConv
+
+
+def _conv(features, k, stride=1, use_bias=False, name=None):
+  pad = ((k // 2, k // 2),) * 2   # PyTorch padding k//2: output ceil(H / stride)
+  return nn.Conv(features, (k, k), strides=(stride, stride), padding=pad, use_bias=use_bias,
+                 name=name)
+
+
+def _bn(train, name):
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class Stem(nn.Module):
+  """image (B, H, W, Cin) -> tokens (B, ceil(H/4), ceil(W/4), dim)."""
+  dim: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    half = self.dim // 2
+    x = nn.relu(_bn(train, "bn1")(_conv(half, 3, 2, name="conv1")(x)))
+    r = nn.relu(_bn(train, "bn_r1")(_conv(half, 3, name="conv_r1")(x)))
+    x = x + _bn(train, "bn_r2")(_conv(half, 3, name="conv_r2")(r))
+    x = nn.relu(_bn(train, "bn3")(_conv(4 * self.dim, 3, 2, name="conv3")(x)))
+    return _bn(train, "bn4")(_conv(self.dim, 1, name="conv4")(x))
+
+  @staticmethod
+  def macs(h: int, w: int, cin: int, dim: int) -> int:
+    half = dim // 2
+    h1, w1 = -(-h // 2), -(-w // 2)
+    h2, w2 = -(-h1 // 2), -(-w1 // 2)
+    return (h1 * w1 * 9 * cin * half + 2 * h1 * w1 * 9 * half * half
+            + h2 * w2 * 9 * half * 4 * dim + h2 * w2 * 4 * dim * dim)
+
+
+class PatchMerging(nn.Module):
+  """Inverted bottleneck downsample: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim)."""
+  out_dim: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    c = x.shape[-1]
+    x = nn.relu(_conv(8 * c, 1, use_bias=True, name="expand")(x))
+    x = nn.relu(DWConv(8 * c, stride=2, name="dw")(x))
+    return _bn(train, "bn")(_conv(self.out_dim, 1, name="project")(x))
+
+  @staticmethod
+  def macs(h: int, w: int, c: int, out_dim: int) -> int:
+    h2, w2 = -(-h // 2), -(-w // 2)
+    return h * w * c * 8 * c + h2 * w2 * 9 * 8 * c + h2 * w2 * 8 * c * out_dim

@@ -1,0 +1,78 @@
+"""VSSD mixer: Mamba2-style non-causal SSD (research/evonas.md §2.3), the official VSS mixer.
+
+y_i,c = C_i . sum_j B_j w_j,h(c) x_j,c + D_h(c) x_i,c    with w_j,h = dt_j,h * exp(A_log_h)
+
+The sum runs over all L = H*W tokens (no causal mask, no normalisation, no scan): two matmuls.
+Heads only differ by their scalar (dt, A, D), so the per-head form is written per channel with
+a channel -> head index. That index follows the official quirk: a subnet reshapes its first
+d_inner_s channels into `heads` heads of size d_inner_s / heads, so channel c belongs to head
+c // (d_inner_s / heads) (research §2.6) -- required to reuse the official checkpoints.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from evonas_jax.nn.layers import Dense, DWConv, LayerNorm, inv_softplus_dt_init, segments
+
+
+class VSSDMixer(nn.Module):
+  """x (B, H, W, C) -> (B, H, W, C).
+
+  Attributes: heads (fixed), d_inner (allocated expand*C), d_state (allocated N).
+  mask: None (standalone) or {"inner": (d_inner,), "state": (d_state,)} 0/1 leading masks.
+  """
+  heads: int
+  d_inner: int
+  d_state: int
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    b, hgt, wid, c = x.shape
+    d, n, nh = self.d_inner, self.d_state, self.heads
+    zxbcdt = Dense(2 * d + 2 * n + nh, use_bias=False, name="in_proj")(x)
+    z, xbc, dt = jnp.split(zxbcdt, [d, 2 * d + 2 * n], axis=-1)
+    xbc = nn.silu(DWConv(d + 2 * n, name="conv")(xbc))
+    xv, bm, cm = jnp.split(xbc, [d, d + n], axis=-1)
+    inner = None
+    if mask is not None:
+      inner = mask["inner"]
+      xv, bm, cm = xv * inner, bm * mask["state"], cm * mask["state"]
+    dt_bias = self.param("dt_bias", inv_softplus_dt_init, (nh,))
+    a_log = self.param("A_log", lambda k, s: jnp.log(jax.random.uniform(k, s, minval=1., maxval=16.)),
+                       (nh,))
+    d_skip = self.param("D", nn.initializers.ones, (nh,))
+
+    w = jax.nn.softplus(dt + dt_bias) * jnp.exp(a_log)                 # (B, H, W, nh)
+    d_active = d if inner is None else inner.sum().astype(jnp.int32)
+    head_idx = jnp.minimum(jnp.arange(d) // (d_active // nh), nh - 1)  # (d,) channel -> head
+    w_c = jnp.take(w, head_idx, axis=-1)                                # (B, H, W, d)
+    tok = lambda t: t.reshape(b, hgt * wid, t.shape[-1])
+    kv = jnp.einsum("bln,bld->bnd", tok(bm), tok(w_c * xv))             # (B, N, d)
+    y = jnp.einsum("bln,bnd->bld", tok(cm), kv).reshape(b, hgt, wid, d)
+    y = y + d_skip[head_idx] * xv
+    y = LayerNorm(name="norm")(y, inner) * z    # official: LayerNorm then raw z (no SiLU)
+    return Dense(c, use_bias=False, name="out_proj")(y)
+
+  @staticmethod
+  def slice_params(p, full, sub):
+    """Supernet params -> params of a VSSDMixer(sub.d_inner, sub.d_state). full/sub: Widths."""
+    D, N, nh = full.d_inner, full.d_state, full.heads
+    ds, ns = sub.d_inner, sub.d_state
+    in_idx = segments((ds, ds, ns, ns, nh), (D, D, N, N, nh))
+    conv_idx = segments((ds, ns, ns), (D, N, N))
+    return {
+        "in_proj": {"kernel": p["in_proj"]["kernel"][:, in_idx]},
+        "conv": {"kernel": p["conv"]["kernel"][..., conv_idx], "bias": p["conv"]["bias"][conv_idx]},
+        "dt_bias": p["dt_bias"], "A_log": p["A_log"], "D": p["D"],
+        "norm": {"scale": p["norm"]["scale"][:ds], "bias": p["norm"]["bias"][:ds]},
+        "out_proj": {"kernel": p["out_proj"]["kernel"][:ds]},
+    }
+
+  @staticmethod
+  def macs(h: int, w: int, wd) -> dict[str, int]:
+    """Multiply-accumulates per image at an (h, w) token grid; wd: Widths."""
+    L, c, d, n = h * w, wd.dim, wd.d_inner, wd.d_state
+    return {"matmul": L * c * (2 * d + 2 * n + wd.heads) + L * 9 * (d + 2 * n)
+                      + 2 * L * n * d + L * d * c, "scan": 0}
