@@ -30,6 +30,10 @@ class Attention(nn.Module):
     return p
 
   @staticmethod
-  def macs(h: int, w: int, wd) -> dict[str, int]:
+  def macs(h: int, w: int, wd, taps3: int) -> dict[str, int]:
     L, c = h * w, wd.dim
     return {"matmul": L * c * 3 * c + 2 * L * L * c + L * c * c, "scan": 0}
+
+  @staticmethod
+  def params(wd) -> int:
+    return 4 * wd.dim * wd.dim + wd.dim

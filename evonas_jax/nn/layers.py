@@ -79,3 +79,17 @@ def segments(sizes, full_sizes):
     idx.extend(range(start, start + n))
     start += full
   return jnp.asarray(idx, jnp.int32)
+
+
+def conv_taps(h: int, w: int, k: int = 3, stride: int = 1, count_padding: bool = True) -> int:
+  """Kernel taps summed over the output positions of a k x k conv with padding k//2.
+
+  count_padding=True is the usual MACs convention (every output sees k*k taps); False counts
+  only taps that land inside the image, which is what XLA's cost analysis reports.
+  """
+  def axis(n):
+    out = -(-n // stride)
+    if count_padding:
+      return out * k
+    return sum(sum(0 <= o * stride - k // 2 + t < n for t in range(k)) for o in range(out))
+  return axis(h) * axis(w)

@@ -83,10 +83,15 @@ class SS2DMixer(nn.Module):
     }
 
   @staticmethod
-  def macs(h: int, w: int, wd) -> dict[str, int]:
+  def macs(h: int, w: int, wd, taps3: int) -> dict[str, int]:
     L, c, d, n = h * w, wd.dim, wd.d_inner, wd.d_state
     r = dt_rank(c)
-    matmul = L * c * 2 * d + L * 9 * d + K * L * d * (r + 2 * n) + K * L * r * d + L * d * c
+    matmul = L * c * 2 * d + taps3 * d + K * L * d * (r + 2 * n) + K * L * r * d + L * d * c
     # Scan: state update (one MAC per state element) + readout C.h (one MAC per state element).
     return {"matmul": matmul, "scan": 2 * K * L * d * n}
 
+  @staticmethod
+  def params(wd) -> int:
+    c, d, n = wd.dim, wd.d_inner, wd.d_state
+    r = dt_rank(c)
+    return c * 2 * d + 10 * d + K * (r + 2 * n) * d + K * d * r + 2 * K * d + K * d * n + 2 * d + d * c

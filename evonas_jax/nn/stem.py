@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from evonas_jax.nn.layers import DWConv
+from evonas_jax.nn.layers import DWConv, conv_taps
 
 
 def _conv(features, k, stride=1, use_bias=False, name=None):
@@ -33,12 +33,13 @@ class Stem(nn.Module):
     return _bn(train, "bn4")(_conv(self.dim, 1, name="conv4")(x))
 
   @staticmethod
-  def macs(h: int, w: int, cin: int, dim: int) -> int:
+  def macs(h: int, w: int, cin: int, dim: int, count_padding: bool = True) -> int:
     half = dim // 2
     h1, w1 = -(-h // 2), -(-w // 2)
     h2, w2 = -(-h1 // 2), -(-w1 // 2)
-    return (h1 * w1 * 9 * cin * half + 2 * h1 * w1 * 9 * half * half
-            + h2 * w2 * 9 * half * 4 * dim + h2 * w2 * 4 * dim * dim)
+    t = lambda hh, ww, s: conv_taps(hh, ww, 3, s, count_padding)
+    return (t(h, w, 2) * cin * half + 2 * t(h1, w1, 1) * half * half
+            + t(h1, w1, 2) * half * 4 * dim + h2 * w2 * 4 * dim * dim)
 
 
 class PatchMerging(nn.Module):
@@ -53,6 +54,7 @@ class PatchMerging(nn.Module):
     return _bn(train, "bn")(_conv(self.out_dim, 1, name="project")(x))
 
   @staticmethod
-  def macs(h: int, w: int, c: int, out_dim: int) -> int:
+  def macs(h: int, w: int, c: int, out_dim: int, count_padding: bool = True) -> int:
     h2, w2 = -(-h // 2), -(-w // 2)
-    return h * w * c * 8 * c + h2 * w2 * 9 * 8 * c + h2 * w2 * 8 * c * out_dim
+    return (h * w * c * 8 * c + conv_taps(h, w, 3, 2, count_padding) * 8 * c
+            + h2 * w2 * 8 * c * out_dim)

@@ -71,8 +71,14 @@ class VSSDMixer(nn.Module):
     }
 
   @staticmethod
-  def macs(h: int, w: int, wd) -> dict[str, int]:
-    """Multiply-accumulates per image at an (h, w) token grid; wd: Widths."""
+  def macs(h: int, w: int, wd, taps3: int) -> dict[str, int]:
+    """Multiply-accumulates per image at an (h, w) token grid; wd: Widths; taps3: 3x3 conv taps
+    summed over positions (see layers.conv_taps)."""
     L, c, d, n = h * w, wd.dim, wd.d_inner, wd.d_state
-    return {"matmul": L * c * (2 * d + 2 * n + wd.heads) + L * 9 * (d + 2 * n)
+    return {"matmul": L * c * (2 * d + 2 * n + wd.heads) + taps3 * (d + 2 * n)
                       + 2 * L * n * d + L * d * c, "scan": 0}
+
+  @staticmethod
+  def params(wd) -> int:
+    c, d, n, nh = wd.dim, wd.d_inner, wd.d_state, wd.heads
+    return c * (2 * d + 2 * n + nh) + 10 * (d + 2 * n) + 3 * nh + 2 * d + d * c

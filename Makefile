@@ -1,0 +1,46 @@
+# evonas_jax: the two README commands are `make quickstart` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WORKDIR ?= workdirs/quickstart_$(shell date +%Y%m%d_%H%M%S)
+PYTEST_ARGS ?=
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data quickstart test aot-h100 bench-scan clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+# Fashion-MNIST comes from the Debian package dataset-fashion-mnist (installed when running as
+# root); without it the code falls back, loudly, to scikit-learn's bundled digits.
+data:
+	@if [ -d $(FMNIST_DIR) ]; then echo "Fashion-MNIST: $(FMNIST_DIR)"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q dataset-fashion-mnist || \
+	  (apt-get update -q && apt-get install -y -q dataset-fashion-mnist) || \
+	  echo "WARNING: could not install dataset-fashion-mnist; the digits fallback will be used"; \
+	else echo "WARNING: $(FMNIST_DIR) missing and not root: run 'sudo apt-get install dataset-fashion-mnist' or set --config.data.data_dir; the digits fallback will be used"; fi
+
+quickstart: setup data
+	$(BIN)/python -m evonas_jax.train --config configs/quickstart.py --workdir $(WORKDIR)
+
+test: setup data
+	@$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): treated as success"; exit 0; fi; \
+	exit $$rc
+
+# Compile the Pallas selective-scan kernels ahead of time for an H100 on this CPU machine
+# (creates .venv-cuda with jax[cuda12], ~5.5 GB).
+aot-h100: setup
+	bash launch/aot_compile_h100.sh
+
+bench-scan: setup
+	$(BIN)/python benchmarks/scan.py
+
+clean-venv:
+	rm -rf $(VENV)
