@@ -23,6 +23,7 @@ def get_config():
   c.drop_path_rate = 0.0
   c.log_every = 50
   c.eval_every = 300
+  c.bn_calibration_batches = 20   # per-subnet BatchNorm recalibration before each evaluation
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 2e-3
   c.optimizer.weight_decay = 0.05
