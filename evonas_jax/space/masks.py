@@ -7,7 +7,6 @@ serves every subnet (DESIGN.md invariant 1).
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 from evonas_jax.space.arch import Arch
 from evonas_jax.space.evonas import SearchSpace
@@ -61,11 +60,6 @@ def stack_masks(masks: list) -> list:
   """Stacks a list of per-arch mask pytrees along a new leading (candidate) axis."""
   import jax
   return jax.tree.map(lambda *xs: jnp.stack(xs), *masks)
-
-
-def full_masks_np(space: SearchSpace) -> list[dict[str, np.ndarray]]:
-  """Masks of the largest subnet, as numpy (used by init)."""
-  return [{k: np.asarray(v) for k, v in m.items()} for m in arch_masks(space, space.largest())]
 
 
 def full_mask_for_spec(block_spec) -> dict | None:
