@@ -1,11 +1,12 @@
-"""The first main job end to end on real data (scikit-learn digits, tiny preset)."""
+"""The main job end to end on real data (scikit-learn digits, tiny preset): teacher stage, then
+CA-DDKD supernet training with PST, outputs, and refusal to overwrite."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from evonas_jax.supernet_train import train_and_evaluate
+from evonas_jax.trainer import train_and_evaluate
 
 
 def _config(tmp_path, steps=40):
@@ -26,6 +27,13 @@ def _config(tmp_path, steps=40):
   c.log_every = 5
   c.eval_every = 20
   c.optimizer.warmup_steps = 5
+  c.bn_calibration_batches = 5
+  c.teacher.num_steps = 30
+  c.teacher.eval_every = 30
+  c.teacher.model.update(dict(patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0))
+  c.distill.projector.update(dict(num_heads=2, ffn_ratio=2))
+  c.pst.stages = ("maxnet", "depth")
+  c.pst.k_max = 1
   return c
 
 
@@ -36,12 +44,18 @@ def test_train_quickstart_on_digits(tmp_path, capsys):
   rows = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
   losses = [r["loss"] for r in rows if "loss" in r]
   assert len(losses) == 8
+  # Every CA-DDKD term is live and logged with the lr and throughput.
+  for k in ("ce", "kd", "spatial", "frequency", "lr", "images_per_s"):
+    assert all(np.isfinite(r[k]) for r in rows if "loss" in r), k
+  assert rows[0]["kd"] > 0 and rows[0]["spatial"] > 0 and rows[0]["frequency"] > 0
+  # The teacher stage trained a real teacher first (chance is 0.1).
+  assert res["teacher_val_acc"] > 0.3, res.get("teacher_val_acc")
   # Real learning: loss falls and both extreme subnets beat chance (10 classes) clearly (2x chance after 40 steps).
   assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses
   for name in ("largest", "smallest"):
     assert res["subnets"][name]["val_acc"] > 0.2, res["subnets"][name]   # chance is 0.1
   assert res["subnets"]["largest"]["macs"] > res["subnets"]["smallest"]["macs"]
-  for f in ("config.json", "results.json", "metrics.png", "final"):
+  for f in ("config.json", "results.json", "metrics.png", "final", "teacher/final", "checkpoints"):
     assert os.path.exists(os.path.join(wd, f)), f
   assert "largest" in capsys.readouterr().out
   # A finished run is never overwritten, and a different config is refused.

@@ -15,22 +15,26 @@ def _conv(features, k, stride=1, use_bias=False, name=None):
                  name=name)
 
 
-def _bn(train, name):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+def _bn(train, name, axis_name=None):
+  # axis_name: the mesh axis over which batch statistics are averaged (SyncBN) when the step runs
+  # inside shard_map; with it an N-device step equals the 1-device step on the global batch.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name,
+                      axis_name=axis_name if train else None)
 
 
 class Stem(nn.Module):
   """image (B, H, W, Cin) -> tokens (B, ceil(H/4), ceil(W/4), dim)."""
   dim: int
+  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    half = self.dim // 2
-    x = nn.relu(_bn(train, "bn1")(_conv(half, 3, 2, name="conv1")(x)))
-    r = nn.relu(_bn(train, "bn_r1")(_conv(half, 3, name="conv_r1")(x)))
-    x = x + _bn(train, "bn_r2")(_conv(half, 3, name="conv_r2")(r))
-    x = nn.relu(_bn(train, "bn3")(_conv(4 * self.dim, 3, 2, name="conv3")(x)))
-    return _bn(train, "bn4")(_conv(self.dim, 1, name="conv4")(x))
+    half, ax = self.dim // 2, self.bn_axis_name
+    x = nn.relu(_bn(train, "bn1", ax)(_conv(half, 3, 2, name="conv1")(x)))
+    r = nn.relu(_bn(train, "bn_r1", ax)(_conv(half, 3, name="conv_r1")(x)))
+    x = x + _bn(train, "bn_r2", ax)(_conv(half, 3, name="conv_r2")(r))
+    x = nn.relu(_bn(train, "bn3", ax)(_conv(4 * self.dim, 3, 2, name="conv3")(x)))
+    return _bn(train, "bn4", ax)(_conv(self.dim, 1, name="conv4")(x))
 
   @staticmethod
   def macs(h: int, w: int, cin: int, dim: int, count_padding: bool = True) -> int:
@@ -45,13 +49,14 @@ class Stem(nn.Module):
 class PatchMerging(nn.Module):
   """Inverted bottleneck downsample: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim)."""
   out_dim: int
+  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     c = x.shape[-1]
     x = nn.relu(_conv(8 * c, 1, use_bias=True, name="expand")(x))
     x = nn.relu(DWConv(8 * c, stride=2, name="dw")(x))
-    return _bn(train, "bn")(_conv(self.out_dim, 1, name="project")(x))
+    return _bn(train, "bn", self.bn_axis_name)(_conv(self.out_dim, 1, name="project")(x))
 
   @staticmethod
   def macs(h: int, w: int, c: int, out_dim: int, count_padding: bool = True) -> int:

@@ -77,19 +77,21 @@ class EvoNet(nn.Module):
   masks: None (the allocation is the network) or the per-stage mask list of
   `evonas_jax.space.genome_to_masks` (masked mode; requires the supernet allocation).
   With return_features=True also returns the four stage outputs [(B, H_s, W_s, dims[s])].
+  bn_axis_name: the shard_map axis name for synchronised BatchNorm statistics (data parallel).
   """
   spec: NetSpec
   num_classes: int
   scan_backend: str = "auto"
+  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, masks=None, train: bool = False, return_features: bool = False):
     sp = self.spec
-    x = Stem(sp.dims[0], name="stem")(x, train)
+    x = Stem(sp.dims[0], self.bn_axis_name, name="stem")(x, train)
     feats = []
     for s, blocks in enumerate(sp.stages):
       if s > 0:
-        x = PatchMerging(sp.dims[s], name=f"downsample{s}")(x, train)
+        x = PatchMerging(sp.dims[s], self.bn_axis_name, name=f"downsample{s}")(x, train)
       m = None if masks is None else masks[s]
       for bs in blocks:
         y = Block(bs, self.scan_backend, name=f"stage{s}_block{bs.index}")(x, m, train)

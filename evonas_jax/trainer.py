@@ -1,0 +1,342 @@
+"""`train_and_evaluate(config, workdir)`: the teacher stage, then CA-DDKD supernet training.
+
+Workdir layout (every file belongs to this one config; rerunning the same command resumes):
+  config.json, metrics.jsonl      the run's config and one JSON row per log/eval event
+  teacher/checkpoints, teacher/final   the teacher stage (when config.teacher.source == "train")
+  checkpoints/                    supernet train state: params (student + projectors),
+                                  batch_stats, opt_state; meta: step, PST stage, seed, data state
+  final/                          the supernet's student variables {"params", "batch_stats"}
+                                  (what `search` loads)
+  results.json, metrics.png       final accuracies, costs, timings
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evonas_jax import data as data_lib
+from evonas_jax import parallel
+from evonas_jax.checkpoint import TrainCheckpointer, abstract_like, load_pytree, save_pytree
+from evonas_jax.loop import LoopSpec, run_loop
+from evonas_jax.nn import init_supernet
+from evonas_jax.nn.cost import arch_cost
+from evonas_jax.nn.supernet import EvoNet, supernet_spec
+from evonas_jax.pst import PSTSchedule, sample_step_genomes
+from evonas_jax.space import get_space
+from evonas_jax.steps import ShardedTrainStep
+from evonas_jax.supernet_loss import (DistillSetup, make_supernet_loss, make_teacher_loss,
+                                      make_teacher_prologue)
+from evonas_jax.supernet_train import (evaluate, make_bn_step, make_eval_step, make_optimizer,
+                                       plot_metrics, print_summary)
+from evonas_jax.train_config import validate_train_config
+from evonas_jax.workdir import MetricWriter, open_workdir
+
+log = logging.getLogger(__name__)
+
+
+def _dtype(name):
+  return None if name == "float32" else jnp.bfloat16
+
+
+def _iter_state_for_this_process(state: dict) -> dict:
+  """Data-iterator state saved by process 0, re-targeted at this process's shard (every host
+  has consumed the same number of batches; only the shard index differs)."""
+  st = json.loads(json.dumps(state))
+  if "process_index" in st.get("fingerprint", {}):
+    st["fingerprint"]["process_index"] = jax.process_index()
+  return st
+
+
+def _train_iterator(config, mesh, seed):
+  """Per-host shard of the global batch ("per_host") or every host reading the global batch and
+  keeping its rows ("global_slice": bitwise the single-process batch, for small data)."""
+  if config.parallel.data_sharding == "per_host" and jax.process_count() > 1:
+    return data_lib.train_iterator(config.data, config.batch_size // jax.process_count(),
+                                   seed=seed, process_index=jax.process_index(),
+                                   process_count=jax.process_count()), "per_host"
+  return data_lib.train_iterator(config.data, config.batch_size, seed=seed), "global_slice"
+
+
+def _restore(ckpt, state, train_iter):
+  """Restores the newest checkpoint into (state, iterator); returns (state, start_step, meta)."""
+  r = ckpt.restore_latest(abstract_like(state))
+  if r is None:
+    return state, 0, None
+  state, meta, step = r
+  train_iter.set_state(_iter_state_for_this_process(meta["data_iterator"]))
+  print(f"[evonas_jax] resuming {os.path.basename(os.path.dirname(ckpt.directory)) or 'run'} "
+        f"from step {step} ({ckpt.directory})", flush=True)
+  return state, step, meta
+
+
+# --------------------------------------------------------------------------------------- teacher
+def train_teacher(config, workdir, mesh, info, writer):
+  """Teacher stage. Returns (teacher module, frozen variables) or (None, None)."""
+  tc = config.teacher
+  if tc.source == "none":
+    return None, None
+  from evonas_jax.nn.teacher import teacher_from_config
+  teacher = teacher_from_config(tc.model, info.num_classes)
+  x0 = jnp.zeros((1, *info.image_shape), jnp.float32)
+  init = jax.jit(functools.partial(teacher.init, train=False))(jax.random.key(config.seed + 7), x0)
+  if tc.source == "checkpoint":
+    variables = load_pytree(tc.checkpoint, {"params": init["params"]})
+    print(f"[evonas_jax] teacher loaded from {tc.checkpoint}", flush=True)
+    return teacher, parallel.replicate(mesh, variables)
+  tdir = os.path.join(workdir, "teacher")
+  final = os.path.join(tdir, "final")
+  if os.path.isdir(final):
+    print(f"[evonas_jax] teacher: reusing the finished teacher in {final}", flush=True)
+    return teacher, parallel.replicate(mesh, load_pytree(final, {"params": init["params"]}))
+  n_params = sum(x.size for x in jax.tree.leaves(init["params"]))
+  print(f"[evonas_jax] teacher: ViT dim {tc.model.dim} depth {tc.model.depth} patch "
+        f"{tc.model.patch_size}, {n_params / 1e6:.2f} M params, {tc.num_steps} steps", flush=True)
+  tx, sched = make_optimizer(tc.optimizer, tc.num_steps)
+  state = parallel.replicate(mesh, {"params": init["params"], "batch_stats": {},
+                                    "opt_state": tx.init(init["params"])})
+  step_fn = ShardedTrainStep(make_teacher_loss(teacher, _dtype(config.compute_dtype)), tx, mesh,
+                             num_classes=info.num_classes)
+  train_iter, mode = _train_iterator(config, mesh, config.seed + 11)
+  ckpt = TrainCheckpointer(os.path.join(tdir, "checkpoints"), keep=config.keep_checkpoints)
+  state, start, _ = _restore(ckpt, state, train_iter)
+  eval_step = jax.jit(lambda v, x, y, m: ((jnp.argmax(teacher.apply(v, x)[0], -1) == y) * m).sum())
+
+  def eval_fn(st, step):
+    v = {"params": parallel.to_host(st["params"])}
+    correct = total = 0.0
+    for b in data_lib.eval_iterator(config.data, "validation", config.eval_batch_size):
+      correct += float(eval_step(v, b["image"], b["label"], b["mask"]))
+      total += float(b["mask"].sum())
+    return {"val_acc": correct / max(total, 1)}
+
+  spec = LoopSpec("teacher", tc.num_steps, config.batch_size, config.log_every,
+                  tc.eval_every, config.checkpoint_every,
+                  f"Lower teacher.optimizer.lr (now {tc.optimizer.lr}) or set "
+                  f"teacher.optimizer.grad_clip.")
+  tw = _PrefixWriter(writer, "teacher_")
+  state = run_loop(spec, step_fn=step_fn, state=state, extra={}, start_step=start,
+                   train_iter=train_iter, mesh=mesh, data_mode=mode,
+                   genomes_fn=lambda s: np.zeros((1, 1), np.int32),
+                   rng=jax.random.key(config.seed + 13), lr_fn=lambda s: float(sched(s)), ckpt=ckpt,
+                   meta_fn=lambda s: {"step": s, "data_iterator": train_iter.get_state()},
+                   writer=tw, eval_fn=eval_fn)
+  ckpt.close()
+  acc = eval_fn(state, tc.num_steps)["val_acc"]
+  if jax.process_index() == 0:
+    writer.write(tc.num_steps, teacher_final_val_acc=acc)
+  print(f"[evonas_jax] teacher done: validation accuracy {acc:.4f}", flush=True)
+  variables = {"params": state["params"]}
+  save_pytree(final, variables)
+  return teacher, variables
+
+
+class _PrefixWriter:
+  def __init__(self, writer, prefix):
+    self.writer, self.prefix = writer, prefix
+
+  def write(self, step, **m):
+    self.writer.write(step, **{self.prefix + k: v for k, v in m.items()})
+
+
+# -------------------------------------------------------------------------------------- supernet
+def build_supernet_state(config, space, info, teacher, teacher_vars, rng):
+  """Student (+ projector) modules and the initial variables (before replication)."""
+  _, student_vars = init_supernet(space, info.num_classes, rng, info.image_shape,
+                                  drop_path_rate=config.drop_path_rate)
+  params = {"student": student_vars["params"]}
+  batch_stats = {"student": student_vars["batch_stats"]}
+  projector = None
+  d = config.distill
+  if teacher is not None and (d.alpha_spatial > 0 or d.alpha_frequency > 0):
+    from evonas_jax.nn.projector import AttentionProjector
+    x0 = jnp.zeros((1, *info.image_shape), jnp.float32)
+    _, t_feat = jax.eval_shape(functools.partial(teacher.apply, train=False),
+                               jax.device_get(teacher_vars), x0)
+    student_shell = EvoNet(supernet_spec(space), info.num_classes)
+    _, feats = jax.eval_shape(functools.partial(student_shell.apply, return_features=True),
+                              student_vars, x0)
+    f = feats[d.student_stage]
+    projector = AttentionProjector(teacher_grid=tuple(t_feat.shape[1:3]),
+                                   teacher_dim=int(t_feat.shape[-1]),
+                                   num_heads=d.projector.num_heads,
+                                   softmax_scale=d.projector.softmax_scale,
+                                   ffn_ratio=d.projector.ffn_ratio,
+                                   bn_axis_name=parallel.DATA_AXIS)
+    fz = jnp.zeros((1, *f.shape[1:]), jnp.float32)
+    for name, k in (("proj_spatial", 1), ("proj_frequency", 2)):
+      if (name == "proj_spatial" and d.alpha_spatial > 0) or (name == "proj_frequency"
+                                                               and d.alpha_frequency > 0):
+        v = jax.jit(functools.partial(projector.clone(bn_axis_name=None).init, train=False))(
+            jax.random.fold_in(rng, k), fz)
+        params[name] = v["params"]
+        batch_stats[name] = v.get("batch_stats", {})
+  return projector, params, batch_stats
+
+
+def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, mesh, rng,
+                          verbose=False):
+  """(step_fn, replicated initial state, lr schedule) of the supernet stage on `mesh`."""
+  rng, init_rng = jax.random.split(rng)
+  projector, params, batch_stats = build_supernet_state(config, space, info, teacher,
+                                                        teacher_vars, init_rng)
+  if config.init_from:
+    src = load_pytree(config.init_from)
+    params["student"] = _match(src["params"], params["student"], "params", config.init_from)
+    batch_stats["student"] = _match(src.get("batch_stats", {}), batch_stats["student"],
+                                    "batch_stats", config.init_from)
+    print(f"[evonas_jax] student initialised from {config.init_from}", flush=True)
+  if verbose:
+    n_params = sum(x.size for x in jax.tree.leaves(params["student"]))
+    n_proj = sum(x.size for k, v in params.items() if k != "student"
+                 for x in jax.tree.leaves(v))
+    print(f"[evonas_jax] supernet params: {n_params / 1e6:.2f} M (+ projectors "
+          f"{n_proj / 1e6:.2f} M)", flush=True)
+  tx, sched = make_optimizer(config.optimizer, config.num_steps, schedule.stages)
+  state = parallel.replicate(mesh, {"params": params, "batch_stats": batch_stats,
+                                    "opt_state": tx.init(params)})
+  student = EvoNet(supernet_spec(space, config.drop_path_rate), info.num_classes,
+                   bn_axis_name=parallel.DATA_AXIS)
+  d = config.distill
+  setup = DistillSetup(teacher=teacher, projector=projector, student_stage=d.student_stage,
+                       kd_ratio=d.kd_ratio if teacher is not None else 0.0,
+                       alpha_spatial=d.alpha_spatial, alpha_frequency=d.alpha_frequency,
+                       temperature=d.temperature, reduction=d.reduction,
+                       inplace_kd=config.sampling.rule == "sandwich" and config.sampling.inplace_kd,
+                       inplace_kd_ratio=config.sampling.inplace_kd_ratio,
+                       compute_dtype=_dtype(config.compute_dtype))
+  step_fn = ShardedTrainStep(make_supernet_loss(student, space, setup), tx, mesh,
+                             prologue_fn=make_teacher_prologue(setup), num_classes=info.num_classes)
+  return step_fn, state, sched
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs the whole training job described by `config` in `workdir`; returns the results."""
+  t_start = time.time()
+  validate_train_config(config)
+  is_main = jax.process_index() == 0
+  workdir = open_workdir(workdir, config) if is_main else os.path.abspath(workdir)
+  writer = MetricWriter(workdir)
+  space = get_space(config.space, config.preset)
+  info = data_lib.dataset_info(config.data)
+  mesh = parallel.make_data_mesh(config.parallel.num_devices)
+  if info.fallback_used:
+    log.warning("Training on the fallback dataset %s, not %s.", info.name, config.data.source)
+  print(f"[evonas_jax] data: {info.name} ({info.num_classes} classes, image {info.image_shape}, "
+        f"splits {info.split_sizes}); mesh: {mesh.devices.size} x {mesh.devices.flat[0].platform} "
+        f"devices over {jax.process_count()} process(es)", flush=True)
+  print(f"[evonas_jax] space: {space.name}/{space.preset}, {space.genome_length} genes, "
+        f"{space.size():.3e} subnets", flush=True)
+
+  teacher, teacher_vars = train_teacher(config, workdir, mesh, info, writer)
+
+  # ---- supernet stage
+  schedule = PSTSchedule(config.num_steps, enabled=config.pst.enabled, k_max=config.pst.k_max,
+                         k_final=config.pst.k_final, stages=list(config.pst.stages) or None,
+                         warmup_steps_if_disabled=config.optimizer.warmup_steps)
+  print(f"[evonas_jax] PST: {schedule.describe()}; sampling rule {config.sampling.rule}",
+        flush=True)
+  rng = jax.random.key(config.seed)
+  step_fn, state, sched = make_supernet_trainer(config, space, info, schedule, teacher,
+                                                teacher_vars, mesh, rng, verbose=True)
+  train_iter, mode = _train_iterator(config, mesh, config.seed)
+  ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+  state, start, _ = _restore(ckpt, state, train_iter)
+
+  eval_model = EvoNet(supernet_spec(space), info.num_classes)
+  eval_step, bn_step = make_eval_step(eval_model), make_bn_step(eval_model)
+  calib_iter = data_lib.train_iterator(config.data, config.eval_batch_size, seed=config.seed + 1)
+  calib = [next(calib_iter)["image"] for _ in range(config.bn_calibration_batches)]
+  ev = functools.partial(evaluate, eval_step, data_cfg=config.data,
+                         batch_size=config.eval_batch_size, space=space, bn_step=bn_step,
+                         calib_batches=calib)
+  largest, smallest = space.largest(), space.smallest()
+
+  def student_vars(st):
+    return {"params": parallel.to_host(st["params"]["student"]),
+            "batch_stats": parallel.to_host(st["batch_stats"]["student"])}
+
+  def eval_fn(st, step):
+    v = student_vars(st)
+    return {f"val_acc_{n}": ev(v, split="validation", arch=a)
+            for n, a in (("largest", largest), ("smallest", smallest))}
+
+  def describe(step):
+    st = schedule.stage_at(step)
+    return f"PST stage {st.index} '{st.name}' (k={st.k}, steps {st.start}-{st.end - 1})"
+
+  spec = LoopSpec("supernet", config.num_steps, config.batch_size, config.log_every,
+                  config.eval_every, config.checkpoint_every,
+                  f"Lower optimizer.lr (now {config.optimizer.lr}), enable optimizer.grad_clip, "
+                  f"or use compute_dtype='float32'.")
+  teacher_extra = teacher_vars if teacher_vars is not None else {}
+  state = run_loop(
+      spec, step_fn=step_fn, state=state, extra=teacher_extra, start_step=start,
+      train_iter=train_iter, mesh=mesh, data_mode=mode,
+      genomes_fn=lambda s: sample_step_genomes(space, schedule, s, config.seed,
+                                               config.sampling.rule),
+      rng=rng, lr_fn=lambda s: float(sched(s)), ckpt=ckpt,
+      meta_fn=lambda s: {"step": s, "pst_stage": schedule.stage_at(max(s - 1, 0)).index,
+                         "seed": config.seed, "data_iterator": train_iter.get_state()},
+      writer=writer, eval_fn=eval_fn, describe_step=describe)
+  ckpt.close()
+
+  variables = student_vars(state)
+  results = {"steps": config.num_steps, "dataset": info.name,
+             "fallback_used": info.fallback_used, "devices": int(mesh.devices.size),
+             "processes": jax.process_count(), "teacher": config.teacher.source, "subnets": {}}
+  if teacher is not None:
+    rows = [r for r in writer.read() if "teacher_final_val_acc" in r]
+    if rows:
+      results["teacher_val_acc"] = rows[-1]["teacher_final_val_acc"]
+  for name, arch in (("largest", largest), ("smallest", smallest)):
+    cost = arch_cost(space, arch, info.image_shape, info.num_classes)
+    results["subnets"][name] = {
+        "arch": arch.to_dict(), "genome": space.encode(arch).tolist(),
+        "val_acc": ev(variables, split="validation", arch=arch),
+        "test_acc": ev(variables, split="test", arch=arch),
+        "macs": cost.macs, "params": cost.params}
+  rows = [r for r in writer.read() if "images_per_s" in r and "loss" in r]
+  if rows:
+    results["images_per_s_median"] = float(np.median([r["images_per_s"] for r in rows]))
+  results["wall_seconds"] = time.time() - t_start
+  final = os.path.join(workdir, "final")
+  if is_main:
+    writer.write(config.num_steps, **{f"{k}_{n}": v[k] for n, v in results["subnets"].items()
+                                      for k in ("val_acc", "test_acc")})
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("evonas_jax final check")
+  exists = os.path.exists(final)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("evonas_jax final checked")
+  if not exists:
+    save_pytree(final, variables)
+  if is_main:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    plot_metrics(writer.read(), os.path.join(workdir, "metrics.png"))
+    print_summary(results, workdir)
+  return results
+
+
+def _match(src, target, what, path):
+  """Checks that a loaded tree has the target's structure and shapes; clear error otherwise."""
+  s_leaves = jax.tree_util.tree_flatten_with_path(src)[0]
+  t_leaves = jax.tree_util.tree_flatten_with_path(target)[0]
+  s_map = {jax.tree_util.keystr(p): v for p, v in s_leaves}
+  missing = [jax.tree_util.keystr(p) for p, _ in t_leaves if jax.tree_util.keystr(p) not in s_map]
+  bad = [jax.tree_util.keystr(p) for p, v in t_leaves
+         if jax.tree_util.keystr(p) in s_map and s_map[jax.tree_util.keystr(p)].shape != v.shape]
+  if missing or bad:
+    raise ValueError(f"init_from={path}: its {what} do not fit this supernet (missing "
+                     f"{missing[:5]}{'...' if len(missing) > 5 else ''}, shape mismatch "
+                     f"{bad[:5]}); was it trained with the same space/preset/data?")
+  return jax.tree.unflatten(jax.tree.structure(target),
+                            [jnp.asarray(s_map[jax.tree_util.keystr(p)]) for p, _ in t_leaves])
