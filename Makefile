@@ -2,7 +2,10 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-WORKDIR ?= workdirs/quickstart_$(shell date +%Y%m%d_%H%M%S)
+# Simply expanded (:=) so the train and search lines of one `make quickstart` share one timestamp.
+ifndef WORKDIR
+WORKDIR := workdirs/quickstart_$(shell date +%Y%m%d_%H%M%S)
+endif
 PYTEST_ARGS ?=
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
@@ -26,8 +29,12 @@ data:
 	  echo "WARNING: could not install dataset-fashion-mnist; the digits fallback will be used"; \
 	else echo "WARNING: $(FMNIST_DIR) missing and not root: run 'sudo apt-get install dataset-fashion-mnist' or set --config.data.data_dir; the digits fallback will be used"; fi
 
+# The whole pipeline on 2 CPU cores: ViT teacher -> CA-DDKD supernet -> NSGA-II search (DMMPE).
+# Rerunning with the same WORKDIR resumes whatever stage was interrupted.
 quickstart: setup data
-	$(BIN)/python -m evonas_jax.train --config configs/quickstart.py --workdir $(WORKDIR)
+	$(BIN)/python -m evonas_jax.train --config configs/quickstart.py --workdir $(WORKDIR)/train
+	$(BIN)/python -m evonas_jax.search --config configs/search_quickstart.py \
+	  --workdir $(WORKDIR)/search --config.supernet_workdir=$(WORKDIR)/train
 
 test: setup data
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests; rc=$$?; \

@@ -55,47 +55,53 @@ def run_loop(spec: LoopSpec, *, step_fn, state, extra, start_step: int, train_it
           f"and the update was not applied. The last good checkpoint is kept (steps "
           f"{ckpt.steps()} in {ckpt.directory}). {spec.nan_hint}")
 
-  for step in bar:
-    if describe_step is not None and is_main:
-      d = describe_step(step)
-      if d != last_desc:
-        bar.write(f"[{spec.name}] step {step}: {d}")
-        last_desc = d
-    batch = next(train_iter)
-    if data_mode == "global_slice":
-      batch = {k: v[sl] for k, v in batch.items()}
-    batch = parallel.shard_batch(mesh, {"image": batch["image"], "label": batch["label"]})
-    genomes = np.asarray(genomes_fn(step), np.int32)
-    state, m = step_fn(state, extra, batch, genomes, jax.random.fold_in(rng, step))
-    # Check the previous step's finiteness flag after dispatching this one (keeps the pipeline
-    # busy); a non-finite step does not change the state, so the lag loses nothing.
+  try:
+    for step in bar:
+      if describe_step is not None and is_main:
+        d = describe_step(step)
+        if d != last_desc:
+          bar.write(f"[{spec.name}] step {step}: {d}")
+          last_desc = d
+      batch = next(train_iter)
+      if data_mode == "global_slice":
+        batch = {k: v[sl] for k, v in batch.items()}
+      batch = parallel.shard_batch(mesh, {"image": batch["image"], "label": batch["label"]})
+      genomes = np.asarray(genomes_fn(step), np.int32)
+      state, m = step_fn(state, extra, batch, genomes, jax.random.fold_in(rng, step))
+      # Check the previous step's finiteness flag after dispatching this one (keeps the pipeline
+      # busy); a non-finite step does not change the state, so the lag loses nothing.
+      if pending is not None:
+        check(*pending)
+      pending = (step + 1, m)
+      window_imgs += spec.batch_size
+      done = step + 1
+      if done % spec.log_every == 0 or done == spec.num_steps:
+        m = parallel.to_host(m)
+        check(done, m)
+        ips = window_imgs / max(time.time() - window_t, 1e-9)
+        window_t, window_imgs = time.time(), 0
+        if is_main:
+          writer.write(done, lr=lr_fn(step), images_per_s=ips,
+                       **{k: v for k, v in m.items() if k != "finite"})
+          bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m['train_acc']):.3f}",
+                          ips=f"{ips:.0f}")
+      if eval_fn is not None and done % spec.eval_every == 0 and done < spec.num_steps:
+        check(*pending)
+        res = eval_fn(state, done)
+        if is_main:
+          writer.write(done, **res)
+          bar.write(f"[{spec.name}] step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
+        window_t = time.time()
+      if done % spec.checkpoint_every == 0 or done == spec.num_steps:
+        check(*pending)
+        ckpt.save(done, state, meta_fn(done))
     if pending is not None:
       check(*pending)
-    pending = (step + 1, m)
-    window_imgs += spec.batch_size
-    done = step + 1
-    if done % spec.log_every == 0 or done == spec.num_steps:
-      m = parallel.to_host(m)
-      check(done, m)
-      ips = window_imgs / max(time.time() - window_t, 1e-9)
-      window_t, window_imgs = time.time(), 0
-      if is_main:
-        writer.write(done, lr=lr_fn(step), images_per_s=ips,
-                     **{k: v for k, v in m.items() if k != "finite"})
-        bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m['train_acc']):.3f}",
-                        ips=f"{ips:.0f}")
-    if eval_fn is not None and done % spec.eval_every == 0 and done < spec.num_steps:
-      check(*pending)
-      res = eval_fn(state, done)
-      if is_main:
-        writer.write(done, **res)
-        bar.write(f"[{spec.name}] step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
-      window_t = time.time()
-    if done % spec.checkpoint_every == 0 or done == spec.num_steps:
-      check(*pending)
-      ckpt.save(done, state, meta_fn(done))
-  if pending is not None:
-    check(*pending)
+  except (NonFiniteLossError, KeyboardInterrupt):
+    # Let in-flight asynchronous checkpoint writes finish: the last good checkpoint must survive.
+    bar.close()
+    ckpt.wait()
+    raise
   bar.close()
   ckpt.wait()
   return state

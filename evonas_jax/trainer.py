@@ -163,6 +163,15 @@ def build_supernet_state(config, space, info, teacher, teacher_vars, rng):
     _, feats = jax.eval_shape(functools.partial(student_shell.apply, return_features=True),
                               student_vars, x0)
     f = feats[d.student_stage]
+    if f.shape[1] * f.shape[2] == 1 and d.alpha_frequency > 0:
+      # With one student token the cross-attention projector outputs the same vector at every
+      # teacher cell, so the mean-centred (frequency) projection is zero up to rounding noise,
+      # which channel normalisation then blows up to unit vectors: a meaningless loss.
+      raise ValueError(
+          f"config.distill.student_stage = {d.student_stage}: that stage's feature is 1x1 for "
+          f"{tuple(info.image_shape)} images, where the frequency loss is degenerate. Allowed: a "
+          f"stage whose grid is larger than 1x1 (grids: {[tuple(x.shape[1:3]) for x in feats]}), "
+          f"or distill.alpha_frequency = 0.")
     projector = AttentionProjector(teacher_grid=tuple(t_feat.shape[1:3]),
                                    teacher_dim=int(t_feat.shape[-1]),
                                    num_heads=d.projector.num_heads,
@@ -181,8 +190,12 @@ def build_supernet_state(config, space, info, teacher, teacher_vars, rng):
 
 
 def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, mesh, rng,
-                          verbose=False):
-  """(step_fn, replicated initial state, lr schedule) of the supernet stage on `mesh`."""
+                          verbose=False, tx=None):
+  """(step_fn, replicated initial state, lr schedule) of the supernet stage on `mesh`.
+
+  tx: an optax transformation replacing the config's AdamW (tests use plain SGD: Adam turns
+  the float noise of mathematically-zero gradients into +-lr steps).
+  """
   rng, init_rng = jax.random.split(rng)
   projector, params, batch_stats = build_supernet_state(config, space, info, teacher,
                                                         teacher_vars, init_rng)
@@ -198,7 +211,8 @@ def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, 
                  for x in jax.tree.leaves(v))
     print(f"[evonas_jax] supernet params: {n_params / 1e6:.2f} M (+ projectors "
           f"{n_proj / 1e6:.2f} M)", flush=True)
-  tx, sched = make_optimizer(config.optimizer, config.num_steps, schedule.stages)
+  cfg_tx, sched = make_optimizer(config.optimizer, config.num_steps, schedule.stages)
+  tx = tx or cfg_tx
   state = parallel.replicate(mesh, {"params": params, "batch_stats": batch_stats,
                                     "opt_state": tx.init(params)})
   student = EvoNet(supernet_spec(space, config.drop_path_rate), info.num_classes,

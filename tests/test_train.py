@@ -32,6 +32,7 @@ def _config(tmp_path, steps=40):
   c.teacher.eval_every = 30
   c.teacher.model.update(dict(patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0))
   c.distill.projector.update(dict(num_heads=2, ffn_ratio=2))
+  c.distill.student_stage = 1   # 2x2 grid at 16x16 input
   c.pst.stages = ("maxnet", "depth")
   c.pst.k_max = 1
   return c

@@ -3,12 +3,19 @@
 Covers the whole loss (teacher KD, spatial + frequency projectors with BatchNorm, k=2 subnets,
 student BatchNorm): gradients are all-reduced over `data` and BN statistics synchronised, so the
 result must not depend on how the global batch is split.
+
+The optimizer here is plain SGD: some parameters have a mathematically zero gradient (e.g. the
+frequency projector's output bias: a constant shift is removed by the mean-centring), and Adam
+turns the float noise of such a gradient into a full +-lr step whose sign depends on the
+reduction order. SGD applies the all-reduced gradients as they are, so the test checks the
+data-parallel machinery itself (the optimizer is the same code on both meshes).
 """
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from evonas_jax import data as data_lib
 from evonas_jax import parallel
@@ -31,6 +38,7 @@ def small_config(tmp_path):
   c.teacher.model.update(dict(patch_size=4, dim=32, depth=1, heads=2, mlp_ratio=2.0))
   c.distill.projector.update(dict(num_heads=2, ffn_ratio=2))
   c.pst.enabled = False
+  c.distill.student_stage = 1      # 2x2 at 16x16 input (the last stage is 1x1 there)
   c.pst.k_max = 2
   return c
 
@@ -43,34 +51,46 @@ def test_8_device_step_equals_1_device_step(tmp_path):
   x0 = jnp.zeros((1, *info.image_shape))
   t_vars = jax.jit(functools.partial(teacher.init, train=False))(jax.random.key(5), x0)
   it = data_lib.train_iterator(c.data, c.batch_size, seed=0)
-  batches = [next(it) for _ in range(2)]
+  batches = [next(it)]
   schedule = PSTSchedule(c.num_steps, enabled=False, k_max=2)
-  genomes = [sample_step_genomes(space, schedule, s, 0) for s in range(2)]
+  genomes = [sample_step_genomes(space, schedule, 0, 0)]
   assert genomes[0].shape[0] == 2
   out = {}
   for n in (1, 8):
     mesh = parallel.make_data_mesh(n)
     step_fn, state, _ = make_supernet_trainer(c, space, info, schedule, teacher,
                                               parallel.replicate(mesh, t_vars), mesh,
-                                              jax.random.key(0))
+                                              jax.random.key(0), tx=optax.sgd(0.01))
+    # At the default init the attention over the 4 student tokens is almost uniform, so every
+    # teacher cell gets nearly the same projection and the mean-centred (frequency) map is a
+    # small difference of large numbers: float32 rounding in any reduction order shows up at
+    # 2e-5 relative. Sharper queries make the comparison well conditioned.
+    p = state["params"]
+    for name in ("proj_spatial", "proj_frequency"):
+      p[name] = dict(p[name], queries=p[name]["queries"] * 50.0)
+    if n == 1:
+      init_params = parallel.to_host(state["params"])
     metrics = []
-    for s in range(2):
+    for s in range(1):
       b = parallel.shard_batch(mesh, {"image": batches[s]["image"], "label": batches[s]["label"]})
       state, m = step_fn(state, parallel.replicate(mesh, t_vars), b,
-                         parallel.replicate(mesh, genomes[s]), jax.random.key(s))
+                         genomes[s], jax.random.key(s))
       metrics.append(parallel.to_host(m))
     out[n] = (parallel.to_host(state), metrics)
   (s1, m1), (s8, m8) = out[1], out[8]
-  for k in ("ce", "kd", "spatial", "frequency", "total", "grad_norm"):
-    np.testing.assert_allclose(m8[0][k], m1[0][k], rtol=1e-5, atol=1e-6, err_msg=k)
-    assert m1[0][k] > 0, k       # every loss term is live
   flat1 = jax.tree_util.tree_flatten_with_path(s1)[0]
   flat8 = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(s8)[0])
-  worst = 0.0
+  diffs = {}
   for p, v in flat1:
     w = flat8[jax.tree_util.keystr(p)]
     if np.issubdtype(np.asarray(v).dtype, np.floating):
-      worst = max(worst, float(np.max(np.abs(np.asarray(v) - np.asarray(w)))))
-  assert worst < 1e-5, worst
+      diffs[jax.tree_util.keystr(p)] = float(np.max(np.abs(np.asarray(v) - np.asarray(w))))
+  worst = max(diffs.values())
+  assert worst < 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:8]
+  for k in ("ce", "kd", "spatial", "frequency", "loss", "grad_norm"):
+    np.testing.assert_allclose(m8[0][k], m1[0][k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert m1[0][k] > 0, k       # every loss term is live
   # The state really moved (the comparison is not between two untouched inits).
-  assert m1[1]["total"] != m1[0]["total"]
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                       s1["params"], init_params)
+  assert max(jax.tree.leaves(moved)) > 1e-3
