@@ -1,0 +1,344 @@
+"""DMMPE: multi-model parallel evaluation of candidate subnets, and the data-parallel baseline.
+
+Both evaluators compute the same thing for every candidate genome (research/evonas.md §5):
+
+  1. per-candidate BatchNorm recalibration: `calib` train-mode forwards of the masked supernet on
+     fixed calibration batches, starting from the supernet's running statistics (the semantics of
+     `supernet_train.recalibrate_bn`; without it small subnets evaluate near chance);
+  2. top-1 accuracy of the masked supernet on a fixed set of validation batches.
+
+They differ only in how the work is spread over devices:
+
+* `DMMPEEvaluator`: the device pool is split into disjoint ("candidate",) sub-meshes. Candidates
+  are cut into groups of `group_size`; a group runs as ONE compiled call that vmaps the masked
+  supernet over the group's masks, with the candidate axis sharded over the sub-mesh's devices
+  (shard_map). The eval and calibration data live on every sub-mesh once (put there when the
+  evaluator is built), so a batch is transferred once and read by every candidate of a group. One
+  worker thread per sub-mesh pulls groups from a shared queue (dynamic load balancing, as the
+  official workers pull tasks); JAX releases the GIL while a computation runs, so sub-meshes work
+  concurrently. Results are gathered in candidate order.
+* `DataParallelEvaluator`: the conventional baseline; one candidate at a time, every batch sharded
+  over a ("data",) mesh of all devices. It is a sharded `jit`, not a shard_map: BatchNorm's batch
+  statistics and the correct-count sum then keep their global meaning (XLA inserts the
+  all-reduces), so the baseline computes exactly what DMMPE computes.
+
+Both deduplicate: a cache {genome bytes: accuracy} (a plain dict, checkpointed by the search)
+answers archs seen before, and duplicates within one call are evaluated once.
+
+The search evaluates on the *validation* split, never on test. (The official code used the test
+split as the search fitness, research §4 "Fitness data"; we do not repeat that leak.)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import queue
+import threading
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from evonas_jax import parallel_pool
+from evonas_jax.space import SearchSpace, genome_to_masks
+
+EVALUATORS = ("dmmpe", "data_parallel")
+ALLOWED_SPLITS = ("validation", "train")
+
+
+@dataclasses.dataclass
+class EvalData:
+  """Fixed data every candidate is scored on (host numpy).
+
+  calib:  f32 (n_calib, Bc, H, W, C)  BatchNorm calibration batches (train split, augmented).
+  images: f32 (n_eval, B, H, W, C)    evaluation batches.
+  labels: i32 (n_eval, B)
+  mask:   f32 (n_eval, B)             0 marks padding in the last batch.
+  """
+  calib: np.ndarray
+  images: np.ndarray
+  labels: np.ndarray
+  mask: np.ndarray
+
+  def __post_init__(self):
+    self.calib = np.asarray(self.calib, np.float32)
+    self.images = np.asarray(self.images, np.float32)
+    self.labels = np.asarray(self.labels, np.int32)
+    self.mask = np.asarray(self.mask, np.float32)
+    if self.calib.ndim != 5 or self.images.ndim != 5:
+      raise ValueError(f"EvalData: calib {self.calib.shape} and images {self.images.shape} must be "
+                       "(num_batches, batch, H, W, C)")
+    if self.labels.shape != self.images.shape[:2] or self.mask.shape != self.images.shape[:2]:
+      raise ValueError(f"EvalData: labels {self.labels.shape} / mask {self.mask.shape} must be "
+                       f"{self.images.shape[:2]}")
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.mask.sum())
+
+
+def load_eval_data(data_cfg, *, split: str = "validation", num_eval_batches: int | None = None,
+                   eval_batch_size: int = 500, calib_batches: int = 4,
+                   calib_batch_size: int = 128, seed: int = 0) -> EvalData:
+  """Reads the first `num_eval_batches` batches of `split` (None or 0: all) and `calib_batches`
+  augmented train batches (seeded) into host memory."""
+  from evonas_jax import data as data_lib
+  if split not in ALLOWED_SPLITS:
+    raise ValueError(f"split={split!r} is not allowed for search fitness: choose one of "
+                     f"{ALLOWED_SPLITS} (the test split is reserved for the final report)")
+  if calib_batches < 1:
+    raise ValueError(f"calib_batches must be >= 1, got {calib_batches}")
+  imgs, labels, mask = [], [], []
+  for i, b in enumerate(data_lib.eval_iterator(data_cfg, split, eval_batch_size)):
+    if num_eval_batches and i >= num_eval_batches:
+      break
+    imgs.append(b["image"]), labels.append(b["label"]), mask.append(b["mask"])
+  it = data_lib.train_iterator(data_cfg, calib_batch_size, seed=seed)
+  calib = [next(it)["image"] for _ in range(calib_batches)]
+  return EvalData(np.stack(calib), np.stack(imgs), np.stack(labels), np.stack(mask))
+
+
+def candidate_correct(model, space: SearchSpace, variables, genome, calib, images, labels, mask):
+  """(correct, total) of one candidate on all eval batches, after BN recalibration.
+
+  genome: i32 (G,); calib (n_calib, Bc, H, W, C); images (n_eval, B, H, W, C); labels/mask
+  (n_eval, B). Pure and vmappable over `genome`. lax.scan keeps one copy of the network per loop
+  in the compiled program, whatever the number of batches.
+  """
+  masks = genome_to_masks(space, genome)
+
+  def calib_step(bs, im):
+    _, upd = model.apply({**variables, "batch_stats": bs}, im, masks, train=True,
+                         mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    return upd["batch_stats"], None
+
+  bs, _ = jax.lax.scan(calib_step, variables["batch_stats"], calib)
+  v = {**variables, "batch_stats": bs}
+
+  def eval_step(carry, batch):
+    im, lab, mk = batch
+    logits = model.apply(v, im, masks)
+    return carry + jnp.sum((jnp.argmax(logits, -1) == lab) * mk), None
+
+  correct, _ = jax.lax.scan(eval_step, jnp.zeros((), jnp.float32), (images, labels, mask))
+  return correct, jnp.sum(mask)
+
+
+@functools.lru_cache(maxsize=64)
+def _group_fn(model, space: SearchSpace, mesh):
+  """The compiled group evaluation for one sub-mesh (memoised: linen modules, spaces and meshes
+  hash by value, so evaluators rebuilt in one process, e.g. a resumed search, reuse compiles).
+
+  (variables, genomes (g, G) sharded over "candidate", calib, images, labels, mask)
+    -> (correct (g,), total (g,)).
+  """
+  one = functools.partial(candidate_correct, model, space)
+  batched = jax.vmap(one, in_axes=(None, 0, None, None, None, None))
+  spec_c = P(parallel_pool.CANDIDATE_AXIS)
+  # check_vma=False: the scan carries start replicated (supernet BN stats, a zero count) and
+  # become candidate-varying inside the body; the per-device program is what we want.
+  fn = jax.shard_map(batched, mesh=mesh, in_specs=(P(), spec_c, P(), P(), P(), P()),
+                     out_specs=(spec_c, spec_c), check_vma=False)
+  return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=16)
+def _data_parallel_fn(model, space: SearchSpace, mesh):
+  rep = NamedSharding(mesh, P())
+  return jax.jit(functools.partial(candidate_correct, model, space), out_shardings=(rep, rep))
+
+
+class _CachedEvaluator:
+  """Shared front end: validation, dedup against `cache` and within the call, stats."""
+  kind = ""
+
+  def __init__(self, space: SearchSpace, cache: dict | None = None):
+    self.space = space
+    self.cache: dict[bytes, float] = {} if cache is None else cache
+    self.stats = {"requested": 0, "cache_hits": 0, "evaluated": 0, "eval_seconds": 0.0}
+
+  @staticmethod
+  def key(genome) -> bytes:
+    return np.asarray(genome, np.int32).tobytes()
+
+  def evaluate(self, genomes, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """genomes int (N, G) -> accuracy f64 (N,), in the order given.
+
+    progress: optional callback(num_candidates_done) for progress bars.
+    """
+    genomes = np.asarray(genomes)
+    if genomes.ndim != 2 or genomes.shape[1] != self.space.genome_length:
+      raise ValueError(f"genomes must be (N, {self.space.genome_length}), got {genomes.shape}")
+    genomes = np.stack([self.space.validate(g) for g in genomes]) if len(genomes) else genomes
+    keys = [self.key(g) for g in genomes]
+    todo, seen = [], set()
+    for k, g in zip(keys, genomes):
+      if k not in self.cache and k not in seen:
+        seen.add(k)
+        todo.append(g)
+    self.stats["requested"] += len(keys)
+    self.stats["cache_hits"] += len(keys) - len(todo)
+    if todo:
+      t = time.perf_counter()
+      acc = self._evaluate_unique(np.stack(todo).astype(np.int32), progress)
+      self.stats["eval_seconds"] += time.perf_counter() - t
+      self.stats["evaluated"] += len(todo)
+      for g, a in zip(todo, acc):
+        self.cache[self.key(g)] = float(a)
+    return np.array([self.cache[k] for k in keys], np.float64)
+
+  def _evaluate_unique(self, genomes: np.ndarray, progress) -> np.ndarray:
+    raise NotImplementedError
+
+  def warmup(self) -> float:
+    """Compiles everything (without touching the cache); returns the seconds it took."""
+    raise NotImplementedError
+
+
+class DMMPEEvaluator(_CachedEvaluator):
+  """Groups of candidates, vmapped, on disjoint ("candidate",) sub-meshes, asynchronously."""
+  kind = "dmmpe"
+
+  def __init__(self, model, variables, space, data: EvalData, *, devices=None,
+               devices_per_group: int = 1, group_size: int = 4, cache=None):
+    super().__init__(space, cache)
+    self.meshes = parallel_pool.candidate_submeshes(devices, devices_per_group)
+    if not isinstance(group_size, (int, np.integer)) or group_size < 1 or group_size % devices_per_group:
+      raise ValueError(f"group_size={group_size!r} must be a positive multiple of "
+                       f"devices_per_group={devices_per_group} (each device of a sub-mesh takes "
+                       f"group_size / devices_per_group candidates)")
+    self.group_size = int(group_size)
+    self.devices_per_group = devices_per_group
+    self._fns, self._args = [], []
+    for mesh in self.meshes:
+      self._fns.append(_group_fn(model, space, mesh))
+      # Data and weights go to each sub-mesh once, for every group and generation.
+      self._args.append(parallel_pool.replicate(
+          (variables, data.calib, data.images, data.labels, data.mask), mesh))
+
+  def _run_group(self, m: int, genomes: np.ndarray) -> np.ndarray:
+    mesh = self.meshes[m]
+    g = jax.device_put(genomes, NamedSharding(mesh, P(parallel_pool.CANDIDATE_AXIS)))
+    variables, calib, images, labels, mask = self._args[m]
+    correct, total = self._fns[m](variables, g, calib, images, labels, mask)
+    return np.asarray(correct) / np.maximum(np.asarray(total), 1.0)
+
+  def _groups(self, genomes: np.ndarray) -> list[np.ndarray]:
+    out = []
+    for i in range(0, len(genomes), self.group_size):
+      grp = genomes[i:i + self.group_size]
+      if len(grp) < self.group_size:   # pad with copies of the last genome; results discarded
+        grp = np.concatenate([grp, np.repeat(grp[-1:], self.group_size - len(grp), 0)])
+      out.append(grp)
+    return out
+
+  def _evaluate_unique(self, genomes, progress) -> np.ndarray:
+    groups = self._groups(genomes)
+    tasks: queue.Queue = queue.Queue()
+    for i, grp in enumerate(groups):
+      tasks.put((i, grp))
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(m):
+      while not errors:
+        try:
+          i, grp = tasks.get_nowait()
+        except queue.Empty:
+          return
+        try:
+          acc = self._run_group(m, grp)
+        except BaseException as e:   # re-raised in the caller's thread
+          errors.append(e)
+          return
+        with lock:
+          results[i] = acc
+          if progress is not None:
+            progress(min(len(results) * self.group_size, len(genomes)))
+
+    threads = [threading.Thread(target=worker, args=(m,), daemon=True)
+               for m in range(min(len(self.meshes), len(groups)))]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    if errors:
+      raise errors[0]
+    return np.concatenate([results[i] for i in range(len(groups))])[:len(genomes)]
+
+  def warmup(self) -> float:
+    t = time.perf_counter()
+    g = np.repeat(self.space.encode(self.space.smallest())[None], self.group_size, 0)
+    threads = [threading.Thread(target=self._run_group, args=(m, g)) for m in range(len(self.meshes))]
+    for th in threads:
+      th.start()
+    for th in threads:
+      th.join()
+    return time.perf_counter() - t
+
+
+class DataParallelEvaluator(_CachedEvaluator):
+  """Baseline: one candidate at a time, every batch sharded over a ("data",) mesh."""
+  kind = "data_parallel"
+
+  def __init__(self, model, variables, space, data: EvalData, *, devices=None, cache=None):
+    super().__init__(space, cache)
+    self.mesh = parallel_pool.data_mesh(devices)
+    n = self.mesh.size
+    for name, b in (("eval_batch_size", data.images.shape[1]), ("calib batch size", data.calib.shape[1])):
+      if b % n:
+        raise ValueError(f"{name}={b} must be divisible by the {n} devices of the data mesh")
+    rep = NamedSharding(self.mesh, P())
+    batch = NamedSharding(self.mesh, P(None, parallel_pool.DATA_AXIS))
+    self._variables = jax.device_put(variables, rep)
+    self._data = (jax.device_put(data.calib, batch), jax.device_put(data.images, batch),
+                  jax.device_put(data.labels, batch), jax.device_put(data.mask, batch))
+    self._rep = rep
+    self._fn = _data_parallel_fn(model, space, self.mesh)
+
+  def _evaluate_unique(self, genomes, progress) -> np.ndarray:
+    out = []
+    for i, g in enumerate(genomes):
+      correct, total = self._fn(self._variables, jax.device_put(g, self._rep), *self._data)
+      out.append(float(correct) / max(float(total), 1.0))
+      if progress is not None:
+        progress(i + 1)
+    return np.array(out)
+
+  def warmup(self) -> float:
+    t = time.perf_counter()
+    g = self.space.encode(self.space.smallest())
+    jax.block_until_ready(self._fn(self._variables, jax.device_put(g, self._rep), *self._data))
+    return time.perf_counter() - t
+
+
+def make_evaluator(kind: str, model, variables, space: SearchSpace, data_cfg=None, *,
+                   data: EvalData | None = None, split: str = "validation",
+                   num_eval_batches: int | None = 10, eval_batch_size: int = 500,
+                   calib_batches: int = 4, calib_batch_size: int = 128, calib_seed: int = 0,
+                   devices: Sequence | None = None, devices_per_group: int = 1,
+                   group_size: int = 4, cache: dict | None = None):
+  """Builds an evaluator with `.evaluate(genomes (N, G)) -> accuracy (N,)` and `.cache`.
+
+  kind: "dmmpe" or "data_parallel". data: pre-loaded EvalData (else read from `data_cfg`, `split`
+  ("validation" by default; "test" is refused), `num_eval_batches` x `eval_batch_size`, and
+  `calib_batches` x `calib_batch_size` augmented train batches seeded by `calib_seed`).
+  devices: device list (default all). devices_per_group / group_size: DMMPE only.
+  cache: an existing {genome bytes: accuracy} dict to continue (e.g. restored by the search).
+  """
+  if kind not in EVALUATORS:
+    raise ValueError(f"evaluator kind={kind!r} is not one of {EVALUATORS}")
+  if data is None:
+    if data_cfg is None:
+      raise ValueError("make_evaluator needs data_cfg or data")
+    data = load_eval_data(data_cfg, split=split, num_eval_batches=num_eval_batches,
+                          eval_batch_size=eval_batch_size, calib_batches=calib_batches,
+                          calib_batch_size=calib_batch_size, seed=calib_seed)
+  if kind == "dmmpe":
+    return DMMPEEvaluator(model, variables, space, data, devices=devices,
+                          devices_per_group=devices_per_group, group_size=group_size, cache=cache)
+  return DataParallelEvaluator(model, variables, space, data, devices=devices, cache=cache)

@@ -1,0 +1,473 @@
+"""Multi-objective architecture search: objectives, the NSGA-II loop, resumable state, outputs.
+
+    run_search(config, workdir) -> results dict
+
+Objectives (all minimised; `config.objectives`, a comma list from OBJECTIVES):
+  error    1 - validation accuracy of the masked supernet after per-subnet BN recalibration,
+           computed by the DMMPE engine (or the data-parallel baseline) on the validation split;
+  latency  ms of the standalone subnet: the lookup table's prediction (`config.latency = "lut"`,
+           the table is built once and cached in the workdir) or a measurement ("measured");
+  macs     analytic MACs (`nn.cost.arch_cost`); params  analytic parameter count.
+Constraints (`config.constraints.max_latency_ms / max_macs / max_params`, 0 = off) become NSGA-II
+violations: the sum of relative excesses over the budgets.
+
+Every generation the search state (NSGA-II state, rng, archive of every evaluated arch with its
+objectives, the DMMPE accuracy cache, the generation) is saved with an orbax CheckpointManager;
+rerunning the same command resumes from the last generation, and the same seed gives the same
+front. Outputs: pareto.json, pareto.csv, pareto.png, metrics.jsonl, results.json (marks the
+search finished; `open_workdir` then refuses to overwrite it).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evonas_jax import dmmpe, latency as latency_lib
+from evonas_jax.nn import init_supernet
+from evonas_jax.nn.cost import arch_cost
+from evonas_jax.space import get_space
+from evonas_jax.workdir import MetricWriter, open_workdir
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("error", "latency", "macs", "params")
+LATENCY_MODES = ("lut", "measured")
+CONSTRAINTS = {"max_latency_ms": "latency_ms", "max_macs": "macs", "max_params": "params"}
+SPACE_OVERRIDES = ("max_depths", "mlp_choices", "d_state_choices", "expand_choices")
+_UNITS = {"error": "error", "latency": "latency_ms", "macs": "macs", "params": "params"}
+
+
+# --------------------------------------------------------------------------- config checks
+def parse_objectives(value) -> tuple[str, ...]:
+  names = tuple(s.strip() for s in (value.split(",") if isinstance(value, str) else value) if s.strip())
+  bad = [n for n in names if n not in OBJECTIVES]
+  if bad or not names:
+    raise ValueError(f"config.objectives={value!r}: unknown {bad or 'empty list'}; allowed values "
+                     f"(comma separated): {OBJECTIVES}")
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.objectives={value!r} repeats an objective")
+  return names
+
+
+def validate_config(cfg) -> None:
+  """Fails early, naming the field and the allowed values."""
+  parse_objectives(cfg.objectives)
+  if cfg.latency not in LATENCY_MODES:
+    raise ValueError(f"config.latency={cfg.latency!r} is not one of {LATENCY_MODES}")
+  if cfg.evaluator.kind not in dmmpe.EVALUATORS:
+    raise ValueError(f"config.evaluator.kind={cfg.evaluator.kind!r} is not one of {dmmpe.EVALUATORS}")
+  if cfg.evaluator.split not in dmmpe.ALLOWED_SPLITS:
+    raise ValueError(f"config.evaluator.split={cfg.evaluator.split!r} is not one of "
+                     f"{dmmpe.ALLOWED_SPLITS} (never the test split)")
+  for name in ("population_size", "num_generations"):
+    v = cfg[name]
+    if not isinstance(v, int) or v < (2 if name == "population_size" else 1):
+      raise ValueError(f"config.{name}={v!r} must be an int >= {2 if name == 'population_size' else 1}")
+  if cfg.supernet_workdir and any(v for v in cfg.get("space_overrides", {}).values()):
+    raise ValueError("config.space_overrides only applies without config.supernet_workdir (a "
+                     "trained supernet fixes its space); leave every override empty")
+  for name in cfg.constraints:
+    if name not in CONSTRAINTS:
+      raise ValueError(f"config.constraints.{name} is unknown; allowed: {tuple(CONSTRAINTS)}")
+    if cfg.constraints[name] < 0:
+      raise ValueError(f"config.constraints.{name}={cfg.constraints[name]} must be >= 0 (0 = off)")
+
+
+def _devices(num: int):
+  devs = jax.devices()
+  if num < 0 or num > len(devs):
+    raise ValueError(f"config.evaluator.num_devices={num}: allowed 0 (all) to {len(devs)}")
+  return devs[:num] if num else devs
+
+
+# --------------------------------------------------------------------------- supernet
+def load_supernet(train_workdir: str):
+  """A trained supernet workdir -> (space, model, variables, data_cfg, info).
+
+  Reads config.json (space, preset, data) and restores final/ (orbax StandardCheckpointer) onto
+  freshly initialised variables as the abstract target.
+  """
+  import orbax.checkpoint as ocp
+  from evonas_jax import data as data_lib
+  train_workdir = os.path.abspath(os.path.expanduser(train_workdir))
+  cfg_path, ckpt = os.path.join(train_workdir, "config.json"), os.path.join(train_workdir, "final")
+  for p in (cfg_path, ckpt):
+    if not os.path.exists(p):
+      raise FileNotFoundError(f"config.supernet_workdir={train_workdir}: {p} is missing (is the "
+                              "training finished?)")
+  with open(cfg_path) as f:
+    tcfg = json.load(f)
+  space = get_space(tcfg["space"], tcfg["preset"])
+  data_cfg = data_lib.get_config_defaults()
+  data_cfg.update(tcfg["data"])
+  info = data_lib.dataset_info(data_cfg)
+  model, variables = init_supernet(space, info.num_classes, jax.random.key(0), info.image_shape,
+                                   drop_path_rate=tcfg.get("drop_path_rate", 0.0))
+  variables = ocp.StandardCheckpointer().restore(ckpt, jax.tree.map(np.asarray, variables))
+  return space, model, variables, data_cfg, info
+
+
+def random_supernet(cfg):
+  """A randomly initialised supernet for `cfg.space/preset/data` (tests, benchmarks)."""
+  from evonas_jax import data as data_lib
+  log.warning("config.supernet_workdir is empty: searching a RANDOMLY INITIALISED supernet. "
+              "Accuracies are meaningless; use this for tests and benchmarks only.")
+  print("[evonas_jax] WARNING: no supernet_workdir given; using a RANDOM supernet "
+        "(accuracies are meaningless).", flush=True)
+  space = get_space(cfg.space, cfg.preset)
+  overrides = {k: tuple(v) for k, v in cfg.get("space_overrides", {}).items() if v}
+  if overrides:
+    import dataclasses
+    bad = sorted(set(overrides) - set(SPACE_OVERRIDES))
+    if bad:
+      raise ValueError(f"config.space_overrides.{bad[0]} is unknown; allowed: {SPACE_OVERRIDES}")
+    space = dataclasses.replace(space, **overrides)
+  info = data_lib.dataset_info(cfg.data)
+  model, variables = _init_random(space, info.num_classes, tuple(info.image_shape), cfg.seed)
+  return space, model, variables, cfg.data, info
+
+
+@functools.lru_cache(maxsize=2)
+def _init_random(space, num_classes: int, image_shape: tuple, seed: int):
+  # Memoised: a resumed search in the same process (tests) does not re-init (and re-compile).
+  return init_supernet(space, num_classes, jax.random.key(seed), image_shape)
+
+
+# --------------------------------------------------------------------------- objectives
+class Objectives:
+  """genomes (N, G) -> fitness (N, M) float32, violation (N,) float32, records (list of dict).
+
+  Records carry every raw objective (accuracy, error, latency_ms, macs, params), whatever
+  subset is optimised; they are memoised per genome (the archive).
+  """
+
+  def __init__(self, cfg, space, evaluator, info, table=None, variables=None):
+    self.cfg, self.space, self.evaluator, self.info = cfg, space, evaluator, info
+    self.names = parse_objectives(cfg.objectives)
+    self.table, self.variables = table, variables
+    self.records: dict[bytes, dict] = {}   # genome bytes -> record (the archive)
+
+  def latency_ms(self, arch) -> float:
+    if self.cfg.latency == "lut":
+      return self.table.predict(arch)
+    t = self.cfg.latency_measure
+    return latency_lib.measure_latency(self.space, arch, self.info.num_classes,
+                                       self.info.image_shape, batch=t.batch, warmup=t.warmup,
+                                       runs=t.runs, variables=self.variables)
+
+  def __call__(self, genomes, generation: int, progress=None):
+    genomes = np.asarray(genomes, np.int32)
+    acc = self.evaluator.evaluate(genomes, progress=progress)
+    for g, a in zip(genomes, acc):
+      k = g.tobytes()
+      if k in self.records:
+        continue
+      arch = self.space.decode(g)
+      cost = arch_cost(self.space, arch, self.info.image_shape, self.info.num_classes)
+      self.records[k] = {"genome": g.tolist(), "generation": int(generation),
+                         "accuracy": float(a), "error": 1.0 - float(a),
+                         "latency_ms": self.latency_ms(arch), "macs": int(cost.macs),
+                         "params": int(cost.params)}
+    recs = [self.records[g.tobytes()] for g in genomes]
+    fitness = np.array([[r[_UNITS[n]] for n in self.names] for r in recs], np.float32)
+    return fitness, self.violation(recs), recs
+
+  def violation(self, recs) -> np.ndarray:
+    v = np.zeros(len(recs), np.float32)
+    for name, field in CONSTRAINTS.items():
+      budget = float(self.cfg.constraints.get(name, 0) or 0)
+      if budget > 0:
+        v += np.array([max(0.0, r[field] / budget - 1.0) for r in recs], np.float32)
+    return v
+
+
+# --------------------------------------------------------------------------- checkpointing
+def _manager(workdir: str):
+  import orbax.checkpoint as ocp
+  return ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
+
+
+def save_state(mngr, generation: int, state, key, objectives: Objectives, evaluator) -> None:
+  import orbax.checkpoint as ocp
+  tree = {"nsga2": jax.device_get(state), "rng": np.asarray(jax.random.key_data(key))}
+  meta = {"generation": generation,
+          "archive": list(objectives.records.values()),
+          "cache": {k.hex(): v for k, v in evaluator.cache.items()},
+          "evaluator_stats": dict(evaluator.stats)}
+  mngr.save(generation, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                meta=ocp.args.JsonSave(meta)))
+  mngr.wait_until_finished()
+
+
+def restore_state(mngr, abstract_state, key):
+  import orbax.checkpoint as ocp
+  step = mngr.latest_step()
+  target = {"nsga2": abstract_state, "rng": np.asarray(jax.random.key_data(key))}
+  r = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                 meta=ocp.args.JsonRestore()))
+  st = r["state"]
+  return step, st["nsga2"], jax.random.wrap_key_data(jnp.asarray(st["rng"])), r["meta"]
+
+
+# --------------------------------------------------------------------------- the search
+def _hypervolume(fitness: np.ndarray, scale: np.ndarray) -> float:
+  from evonas_jax.evolve import hypervolume
+  f = fitness / scale
+  ref = np.full(f.shape[1], 1.1)
+  if f.shape[1] > 4:
+    return float("nan")
+  return float(hypervolume(f, ref))
+
+
+def run_search(config, workdir: str, *, max_generations_this_run: int | None = None) -> dict | None:
+  """Runs (or resumes) the search of `config` in `workdir`.
+
+  max_generations_this_run: stop after this many new generations without finishing (for
+  time-sliced jobs and the resume test); rerun the same command to continue. Returns the results
+  dict when the search finished, else None.
+  """
+  from tqdm.auto import tqdm
+  from evonas_jax.evolve import NSGA2, GenomeSpec
+  validate_config(config)
+  workdir = open_workdir(workdir, config)
+  writer = MetricWriter(workdir)
+  t_start = time.time()
+
+  if config.supernet_workdir:
+    space, model, variables, data_cfg, info = load_supernet(config.supernet_workdir)
+  else:
+    space, model, variables, data_cfg, info = random_supernet(config)
+  names = parse_objectives(config.objectives)
+  print(f"[evonas_jax] search: {space.name}/{space.preset}, data {info.name}, objectives "
+        f"{names}, pop {config.population_size} x {config.num_generations} gens", flush=True)
+
+  ev_cfg = config.evaluator
+  ckpt = _manager(workdir)
+  mngr_has = ckpt.latest_step() is not None
+  evaluator = dmmpe.make_evaluator(
+      ev_cfg.kind, model, variables, space, data_cfg, split=ev_cfg.split,
+      num_eval_batches=ev_cfg.num_eval_batches, eval_batch_size=ev_cfg.eval_batch_size,
+      calib_batches=ev_cfg.calib_batches, calib_batch_size=ev_cfg.calib_batch_size,
+      calib_seed=config.seed, devices_per_group=ev_cfg.devices_per_group,
+      group_size=ev_cfg.group_size, devices=_devices(ev_cfg.get("num_devices", 0)))
+  # Compile the evaluator while the latency table is built: both are mostly single-threaded XLA
+  # compiles, so on a 2-core machine they overlap.
+  import threading
+  warm = threading.Thread(target=evaluator.warmup, daemon=True)
+  warm.start()
+  # Latency table: built once per workdir (per-op compiles are slow on CPU), then loaded.
+  table = None
+  lut_path = os.path.join(workdir, "latency_table.json")
+  tm = config.latency_measure
+  if config.latency == "lut" or config.latency_validation_archs:
+    if os.path.exists(lut_path):
+      table = latency_lib.LatencyTable.load(lut_path)
+      table.check_compatible(space, info.num_classes, info.image_shape)
+    else:
+      table = latency_lib.LatencyTable.build(space, info.num_classes, info.image_shape,
+                                             batch=tm.batch, warmup=tm.table_warmup,
+                                             runs=tm.table_runs, before_timing=warm.join)
+      table.save(lut_path)
+  warm.join()
+  objectives = Objectives(config, space, evaluator, info, table, variables)
+  strategy = NSGA2(population_size=config.population_size, genome=GenomeSpec.from_space(space),
+                   num_objectives=len(names))
+  params = strategy.default_params.replace(crossover_prob=config.nsga2.crossover_prob,
+                                           mutation_prob=config.nsga2.mutation_prob)
+  # Hypervolume normalisation: error in [0, 1]; costs relative to the largest arch's.
+  largest = space.largest()
+  cost_big = arch_cost(space, largest, info.image_shape, info.num_classes)
+  big_vals = {"error": 1.0, "latency": objectives.latency_ms(largest),
+              "macs": float(cost_big.macs), "params": float(cost_big.params)}
+  scale = np.array([big_vals[n] for n in names], np.float32)
+
+  key = jax.random.key(config.seed)
+  pop_bar_kw = dict(unit="arch", dynamic_ncols=True, mininterval=1.0, leave=False)
+  if mngr_has:
+    n, m = config.population_size, len(names)
+    abstract = jax.eval_shape(strategy.init, key, jnp.zeros((n, space.genome_length), jnp.int32),
+                              jnp.zeros((n, m), jnp.float32), params)
+    gen, state, key, meta = restore_state(ckpt, abstract, key)
+    for r in meta["archive"]:
+      objectives.records[np.asarray(r["genome"], np.int32).tobytes()] = r
+    evaluator.cache.update({bytes.fromhex(k): v for k, v in meta["cache"].items()})
+    evaluator.stats.update(meta.get("evaluator_stats", {}))   # cumulative counts continue
+    print(f"[evonas_jax] resumed at generation {gen} ({len(objectives.records)} archs evaluated)",
+          flush=True)
+  else:
+    gen = 0
+    key, k_init = jax.random.split(key)
+    pop0 = np.asarray(strategy.initial_population(k_init))
+    t0 = time.time()
+    with tqdm(total=len(pop0), desc="generation 0", **pop_bar_kw) as bar:
+      fit0, viol0, _ = objectives(pop0, 0, progress=lambda d: bar.update(d - bar.n))
+    state = strategy.init(key, jnp.asarray(pop0), jnp.asarray(fit0), params,
+                          violation=jnp.asarray(viol0))
+    save_state(ckpt, 0, state, key, objectives, evaluator)
+    _log_generation(writer, 0, state, strategy, names, scale, config, evaluator, time.time() - t0)
+  stop = config.num_generations if max_generations_this_run is None else min(
+      config.num_generations, gen + max_generations_this_run)
+  outer = tqdm(range(gen, stop), desc="search", unit="gen", dynamic_ncols=True, initial=gen,
+               total=config.num_generations)
+  for g in outer:
+    t0 = time.time()
+    key, k_ask, k_tell = jax.random.split(key, 3)
+    kids, state = strategy.ask(k_ask, state, params)
+    kids = np.asarray(kids)
+    with tqdm(total=len(kids), desc=f"generation {g + 1}", **pop_bar_kw) as bar:
+      fit, viol, _ = objectives(kids, g + 1, progress=lambda d: bar.update(d - bar.n))
+    state, _ = strategy.tell(k_tell, jnp.asarray(kids), jnp.asarray(fit), state, params,
+                             violation=jnp.asarray(viol))
+    save_state(ckpt, g + 1, state, key, objectives, evaluator)
+    row = _log_generation(writer, g + 1, state, strategy, names, scale, config, evaluator,
+                          time.time() - t0)
+    outer.set_postfix(hv=f"{row['hypervolume']:.4f}", pareto=row["num_pareto"],
+                      hits=row["cache_hits"])
+  outer.close()
+  ckpt.close()
+  if stop < config.num_generations:
+    print(f"[evonas_jax] stopped after generation {stop} of {config.num_generations}; rerun the "
+          "same command to resume.", flush=True)
+    return None
+  return _finish(config, workdir, space, info, strategy, state, objectives, table, variables,
+                 names, scale, t_start)
+
+
+def _log_generation(writer, gen, state, strategy, names, scale, config, evaluator, seconds):
+  front = np.asarray(strategy.pareto_mask(state))
+  fit = np.asarray(state.fitness)[front]
+  row = {"hypervolume": _hypervolume(fit, scale) if len(fit) else 0.0,
+         "num_pareto": int(front.sum()), "generation_seconds": seconds,
+         "cache_hits": evaluator.stats["cache_hits"], "evaluated": evaluator.stats["evaluated"],
+         "eval_seconds": evaluator.stats["eval_seconds"]}
+  for i, n in enumerate(names):
+    row[f"best_{n}"] = float(np.asarray(state.fitness)[:, i].min())
+  writer.write(gen, **row)
+  return row
+
+
+# --------------------------------------------------------------------------- outputs
+def pareto_records(state, strategy, objectives: Objectives) -> list[dict]:
+  """The final population's feasible non-dominated set, deduplicated, sorted by error."""
+  front = np.asarray(strategy.pareto_mask(state))
+  out, seen = [], set()
+  for g in np.asarray(state.population)[front]:
+    k = np.asarray(g, np.int32).tobytes()
+    if k not in seen:
+      seen.add(k)
+      out.append(dict(objectives.records[k]))
+  return sorted(out, key=lambda r: (r["error"], r["latency_ms"]))
+
+
+def _finish(config, workdir, space, info, strategy, state, objectives, table, variables, names,
+            scale, t_start) -> dict:
+  tm = config.latency_measure
+  front = pareto_records(state, strategy, objectives)
+  for r in front:
+    r["arch"] = space.decode(r["genome"]).to_dict()
+  lut = {}
+  if table is not None:
+    lut["device"] = table.meta["device"]
+    lut["build_seconds"] = table.meta["build_seconds"]
+  if config.measure_pareto_latency:
+    todo = front[:config.measure_pareto_max or len(front)]
+    from tqdm.auto import tqdm
+    for r in tqdm(todo, desc="measure Pareto latency", unit="arch", dynamic_ncols=True):
+      r["measured_latency_ms"] = latency_lib.measure_latency(
+          space, space.decode(r["genome"]), info.num_classes, info.image_shape, batch=tm.batch,
+          warmup=tm.warmup, runs=tm.runs, variables=variables)
+      if table is not None:
+        r["lut_latency_ms"] = table.predict(space.decode(r["genome"]))
+    if table is not None and len(todo) > 2:
+      lut["spearman_rho_pareto"] = latency_lib.spearman(
+          [r["lut_latency_ms"] for r in todo], [r["measured_latency_ms"] for r in todo])
+  if table is not None and config.latency_validation_archs:
+    rep = latency_lib.validate_table(table, space, info.num_classes, info.image_shape,
+                                     num_archs=config.latency_validation_archs, seed=config.seed,
+                                     warmup=tm.warmup, runs=tm.runs, variables=variables)
+    lut["spearman_rho_random"] = rep["spearman_rho"]
+    lut["mean_abs_pct_error_random"] = rep["mean_abs_pct_error"]
+    lut["num_random_archs"] = rep["num_archs"]
+  archive = list(objectives.records.values())
+  results = {
+      "objectives": list(names), "latency_mode": config.latency,
+      "space": space.name, "preset": space.preset, "dataset": info.name,
+      "supernet_workdir": config.supernet_workdir or None,
+      "population_size": config.population_size, "num_generations": config.num_generations,
+      "num_evaluated": len(archive), "evaluator": config.evaluator.kind,
+      "latency_table": lut, "pareto": front,
+      "hypervolume": _hypervolume(np.array([[r[_UNITS[n]] for n in names] for r in front],
+                                           np.float32), scale),
+      "wall_seconds": time.time() - t_start,
+  }
+  with open(os.path.join(workdir, "pareto.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  write_csv(os.path.join(workdir, "pareto.csv"), front, lut)
+  plot_pareto(archive, front, os.path.join(workdir, "pareto.png"),
+              f"latency (ms, {'lookup table' if config.latency == 'lut' else 'measured'})")
+  summary = {k: v for k, v in results.items() if k != "pareto"}
+  summary["pareto_size"] = len(front)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  print_table(front, lut, workdir)
+  return results
+
+
+CSV_FIELDS = ("accuracy", "error", "latency_ms", "measured_latency_ms", "macs", "params",
+              "generation")
+
+
+def write_csv(path: str, front: list[dict], lut: dict) -> None:
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["rank", *CSV_FIELDS, "lut_spearman_rho_pareto", "lut_spearman_rho_random",
+                "genome", "arch"])
+    for i, r in enumerate(front):
+      w.writerow([i, *[r.get(k, "") for k in CSV_FIELDS], lut.get("spearman_rho_pareto", ""),
+                  lut.get("spearman_rho_random", ""), " ".join(map(str, r["genome"])),
+                  json.dumps(r["arch"])])
+
+
+def plot_pareto(archive: list[dict], front: list[dict], path: str,
+                latency_label: str = "latency (ms)") -> None:
+  """Accuracy vs latency and vs MACs: every evaluated arch by generation, the front on top."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  gen = np.array([r["generation"] for r in archive])
+  for ax, field, label in ((axes[0], "latency_ms", latency_label), (axes[1], "macs", "MACs")):
+    sc = ax.scatter([r[field] for r in archive], [r["accuracy"] for r in archive], c=gen,
+                    cmap="viridis", s=12, alpha=0.7)
+    ax.scatter([r[field] for r in front], [r["accuracy"] for r in front], facecolors="none",
+               edgecolors="red", s=60, linewidths=1.5, label="Pareto set")
+    ax.set(xlabel=label, ylabel="validation accuracy")
+    ax.legend(loc="lower right")
+  fig.colorbar(sc, ax=axes, label="generation")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def print_table(front: list[dict], lut: dict, workdir: str) -> None:
+  print("\n  # | val acc | latency ms (LUT) | measured ms |    MACs    |  params  | depths")
+  print("----+---------+------------------+-------------+------------+----------+---------")
+  for i, r in enumerate(front):
+    meas = r.get("measured_latency_ms")
+    depths = ",".join(str(sum(d)) for d in r["arch"]["depth"])
+    print(f" {i:2d} | {r['accuracy']:.4f}  | {r['latency_ms']:16.3f} | "
+          f"{'' if meas is None else f'{meas:11.3f}':>11} | {r['macs'] / 1e6:8.2f} M | "
+          f"{r['params'] / 1e6:6.3f} M | {depths}")
+  rho = ", ".join(f"{k} {v:.3f}" for k, v in lut.items() if k.startswith("spearman"))
+  if rho:
+    print(f"\nlatency table ({lut.get('device')}): Spearman rho {rho}")
+  print(f"outputs in {workdir}: pareto.json, pareto.csv, pareto.png, metrics.jsonl")
