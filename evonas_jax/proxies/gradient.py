@@ -1,0 +1,103 @@
+"""Gradient-based baseline proxies (NASLib / Suite-Zero definitions; research/zc_proxies.md §3).
+
+All use the mean cross-entropy of the batch, BatchNorm with batch statistics, and the conv/linear
+kernels only (biases and norm params excluded). Higher = better for each (GraSP is negated as in
+NASLib so that higher is better).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from evonas_jax.proxies.common import ce_loss, weight_grads, weight_loss_fn
+from evonas_jax.proxies.registry import register
+
+
+@register("grad_norm")
+def grad_norm(model, params, masks, batch, rng):
+  """Sum over layers of the Frobenius norm of d loss / d W_l."""
+  _, g = weight_grads(model, params, masks, batch)
+  return sum(jnp.sqrt(jnp.sum(gl ** 2)) for gl in g)
+
+
+@register("snip")
+def snip(model, params, masks, batch, rng):
+  """Sum |W * dL/dW| (connection sensitivity)."""
+  w, g = weight_grads(model, params, masks, batch)
+  return sum(jnp.sum(jnp.abs(wl * gl)) for wl, gl in zip(w, g))
+
+
+@register("grasp")
+def grasp(model, params, masks, batch, rng):
+  """Sum of -W * (H g), g = dL/dW, H the Hessian of L w.r.t. the kernels (forward-over-reverse)."""
+  f = weight_loss_fn(model, params, masks, batch)
+  w = model.weights(params)
+  g = jax.grad(f)(w)
+  _, hg = jax.jvp(jax.grad(f), (w,), (g,))
+  return sum(jnp.sum(-wl * hl) for wl, hl in zip(w, hg))
+
+
+@register("fisher")
+def fisher(model, params, masks, batch, rng):
+  """Sum over conv/linear output channels of 0.5 * mean_n (sum_spatial a * dL/da)^2."""
+  x, y = batch["image"], batch["label"]
+  pert = model.zero_perturbations(params, masks, x)
+
+  def loss(p):
+    logits, outs = model.apply_probed(params, p, masks, x)
+    return ce_loss(logits, y), outs
+
+  grads, outs = jax.grad(loss, has_aux=True)(pert)
+  # Pair each output with its gradient: convention `perturb(P)` <-> `sow("outs", P + "_out")`.
+  def key(path):
+    names = tuple(str(getattr(k, "key", k)) for k in path)
+    return names[:-1] + (names[-1].removesuffix("_out"),)
+  acts = {key(k): v for k, v in jax.tree_util.tree_flatten_with_path(outs)[0]}
+  gs = {key(k): v for k, v in jax.tree_util.tree_flatten_with_path(grads)[0]}
+  if set(acts) != set(gs):
+    raise ValueError("fisher: probed outputs and perturbations do not match")
+  total = 0.0
+  for path, a in acts.items():
+    g = gs[path]
+    g_nk = (a * g).reshape(a.shape[0], -1, a.shape[-1]).sum(axis=1)  # (B, C)
+    total = total + 0.5 * jnp.sum(jnp.mean(g_nk ** 2, axis=0))
+  return total
+
+
+@register("jacov")
+def jacov(model, params, masks, batch, rng):
+  """-sum(log(l + k) + 1/(l + k)) over eigenvalues l of corrcoef of the per-sample input Jacobians
+  of sum(logits); k = 1e-5. Eigenvalues are clipped at 0 (round-off can make them slightly
+  negative, which would give NaN)."""
+  x = batch["image"]
+  jac = jax.grad(lambda xx: model.apply(params, masks, xx).sum())(x).reshape(x.shape[0], -1)
+  jac = jac - jac.mean(axis=1, keepdims=True)
+  jac = jac / jnp.maximum(jnp.linalg.norm(jac, axis=1, keepdims=True), 1e-30)
+  corr = jac @ jac.T
+  lam = jnp.clip(jnp.linalg.eigvalsh(corr), 0.0, None)
+  k = 1e-5
+  return -jnp.sum(jnp.log(lam + k) + 1.0 / (lam + k))
+
+
+# All-ones input scaled by 2^-100: with |weights|, no BN and a positive input every ReLU is the
+# identity, so the score is linear in the input scale (the only bias sits after the last kernel
+# and does not enter any kernel's gradient). The scale keeps float32 from overflowing on the big
+# NB201 cells (Suite-Zero's log-synflow reaches 115, e^115 > float32 max); its log is added back.
+_SYNFLOW_LOG2_SCALE = -100
+
+
+@register("synflow")
+def synflow(model, params, masks, batch, rng):
+  """sign-preserving log of sum_W |W| * dR/d|W|, R = sum(outputs) of the |params| network without
+  BN on one all-ones input (NASLib synflow + the log that Suite-Zero's values carry)."""
+  abs_params = jax.tree.map(jnp.abs, params)
+  x = jnp.full((1,) + batch["image"].shape[1:], 2.0 ** _SYNFLOW_LOG2_SCALE, jnp.float32)
+  w = model.weights(abs_params)
+
+  def r(ws):
+    return model.apply(model.with_weights(abs_params, ws), masks, x, bn=False).sum()
+
+  g = jax.grad(r)(w)
+  s = sum(jnp.sum(wl * gl) for wl, gl in zip(w, g))
+  logs = jnp.log(jnp.maximum(s, 1e-38)) - _SYNFLOW_LOG2_SCALE * jnp.log(2.0)
+  return jnp.where(s > 0, logs, 0.0)
