@@ -61,7 +61,9 @@ def _train_iterator(config, mesh, seed):
     return data_lib.train_iterator(config.data, config.batch_size // jax.process_count(),
                                    seed=seed, process_index=jax.process_index(),
                                    process_count=jax.process_count()), "per_host"
-  return data_lib.train_iterator(config.data, config.batch_size, seed=seed), "global_slice"
+  # Explicit process 0 of 1: the data API defaults to this JAX process's shard.
+  return data_lib.train_iterator(config.data, config.batch_size, seed=seed, process_index=0,
+                                 process_count=1), "global_slice"
 
 
 def _restore(ckpt, state, train_iter):
@@ -265,7 +267,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   eval_model = EvoNet(supernet_spec(space), info.num_classes)
   eval_step, bn_step = make_eval_step(eval_model), make_bn_step(eval_model)
-  calib_iter = data_lib.train_iterator(config.data, config.eval_batch_size, seed=config.seed + 1)
+  calib_iter = data_lib.train_iterator(config.data, config.eval_batch_size, seed=config.seed + 1,
+                                       process_index=0, process_count=1)
   calib = [next(calib_iter)["image"] for _ in range(config.bn_calibration_batches)]
   ev = functools.partial(evaluate, eval_step, data_cfg=config.data,
                          batch_size=config.eval_batch_size, space=space, bn_step=bn_step,

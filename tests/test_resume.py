@@ -10,27 +10,15 @@ from evonas_jax import data as data_lib
 from evonas_jax import trainer as trainer_lib
 from evonas_jax.checkpoint import TrainCheckpointer, load_pytree
 from evonas_jax.loop import NonFiniteLossError
-from evonas_jax.train_config import default_config
+from helpers import load_config, use_digits
 
 
 def _config(tmp_path):
-  c = default_config()
-  c.data.source = "digits"
-  c.data.tfds_data_dir = str(tmp_path / "tfds")
-  c.data.val_size = 200
-  c.data.image_size = 16
-  c.data.mean, c.data.std = 0.3, 0.35
-  c.batch_size = 32
-  c.eval_batch_size = 200
-  c.num_steps = 6
+  c = use_digits(load_config("ci_tiny"), tmp_path)
   c.log_every = 1
-  c.eval_every = 100
-  c.checkpoint_every = 2
-  c.bn_calibration_batches = 1
-  c.teacher.source = "none"
-  c.pst.stages = ("maxnet", "depth")   # the resume point (step 2) falls inside a PST stage
-  c.pst.k_max = 1
+  c.checkpoint_every = 2               # the resume point (step 2) falls inside PST stage 0
   c.parallel.num_devices = 2
+  c.parallel.data_sharding = "per_host"
   return c
 
 

@@ -5,22 +5,13 @@ import os
 
 import numpy as np
 import pytest
+from helpers import load_config, use_digits
 
 from evonas_jax.trainer import train_and_evaluate
 
 
 def _config(tmp_path, steps=40):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
-  c.data.source = "digits"
-  c.data.tfds_data_dir = str(tmp_path / "tfds")
-  c.data.val_size = 200
-  c.data.image_size = 16
-  c.data.mean, c.data.std = 0.3, 0.35
+  c = use_digits(load_config("quickstart"), tmp_path)
   c.batch_size = 64
   c.eval_batch_size = 200
   c.num_steps = steps

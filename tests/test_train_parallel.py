@@ -22,23 +22,14 @@ from evonas_jax import parallel
 from evonas_jax.nn.teacher import teacher_from_config
 from evonas_jax.pst import PSTSchedule, sample_step_genomes
 from evonas_jax.space import get_space
-from evonas_jax.train_config import default_config
+from helpers import load_config, use_digits
 from evonas_jax.trainer import make_supernet_trainer
 
 
 def small_config(tmp_path):
-  c = default_config()
-  c.data.source = "digits"
-  c.data.tfds_data_dir = str(tmp_path / "tfds")
-  c.data.val_size = 200
-  c.data.image_size = 16
-  c.data.mean, c.data.std = 0.3, 0.35
+  c = use_digits(load_config("ci_tiny"), tmp_path)
   c.batch_size = 16
-  c.num_steps = 4
-  c.teacher.model.update(dict(patch_size=4, dim=32, depth=1, heads=2, mlp_ratio=2.0))
-  c.distill.projector.update(dict(num_heads=2, ffn_ratio=2))
   c.pst.enabled = False
-  c.distill.student_stage = 1      # 2x2 at 16x16 input (the last stage is 1x1 there)
   c.pst.k_max = 2
   return c
 

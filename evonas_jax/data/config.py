@@ -50,8 +50,10 @@ def get_config_defaults() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.source = "fashion_mnist"
     cfg.name = ""
-    cfg.data_dir = None
-    cfg.tfds_data_dir = None
+    # Typed str references (default None) so `--config.data.tfds_data_dir=DIR` works on the
+    # command line (ml_collections cannot override a plain None field).
+    cfg.data_dir = ml_collections.FieldReference(None, field_type=str)
+    cfg.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)
     # object-typed: these accept an int or a float (val_size) and a float or
     # a tuple (mean/std), which ConfigDict's type lock would otherwise refuse.
     cfg.val_size = ml_collections.FieldReference(5000, field_type=object)
