@@ -43,7 +43,8 @@ def make_optimizer(cfg, num_steps: int, stages=None):
                                   for st in stages], [st.start for st in stages[1:]])
   else:
     sched = wc(num_steps, cfg.warmup_steps)
-  tx = optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay)
+  tx = optax.adamw(sched, b1=0.9, b2=0.999, eps=cfg.get("eps", 1e-8),
+                   weight_decay=cfg.weight_decay)
   if cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx, sched

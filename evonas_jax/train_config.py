@@ -98,6 +98,7 @@ def default_config():
   c.optimizer.warmup_steps = 100
   c.optimizer.final_lr_fraction = 0.01
   c.optimizer.grad_clip = 1.0
+  c.optimizer.eps = 1e-8                  # Adam's epsilon
   c.optimizer.restart_per_stage = False   # official: the cosine restarts at every PST stage
 
   c.teacher = ml_collections.ConfigDict()
