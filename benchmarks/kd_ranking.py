@@ -88,8 +88,8 @@ def train_standalone(space, arch, cfg, steps, seed):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--steps", type=int, default=400, help="supernet steps (quickstart: 400)")
-  ap.add_argument("--teacher_steps", type=int, default=200)
+  ap.add_argument("--steps", type=int, default=300, help="supernet steps (quickstart: 300)")
+  ap.add_argument("--teacher_steps", type=int, default=150)
   ap.add_argument("--subnets", type=int, default=8)
   ap.add_argument("--standalone_steps", type=int, default=300)
   ap.add_argument("--workdir", default="")
