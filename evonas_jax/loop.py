@@ -34,11 +34,13 @@ class LoopSpec:
 def run_loop(spec: LoopSpec, *, step_fn, state, extra, start_step: int, train_iter, mesh,
              data_mode: str, genomes_fn: Callable[[int], np.ndarray], rng,
              lr_fn: Callable[[int], float], ckpt, meta_fn: Callable[[int], dict], writer,
-             eval_fn: Callable | None = None, describe_step: Callable[[int], str] | None = None):
+             eval_fn: Callable | None = None, describe_step: Callable[[int], str] | None = None,
+             batch_fn: Callable[[dict], dict] | None = None):
   """Runs steps [start_step, spec.num_steps); returns the final state.
 
   genomes_fn(step) -> (k, G) int32 (ignored by the teacher); eval_fn(state, step) -> dict of
-  validation metrics; meta_fn(step) -> JSON meta saved with each checkpoint (step = steps done).
+  validation metrics; meta_fn(step) -> JSON meta saved with each checkpoint (step = steps done);
+  batch_fn(host batch) -> host batch adds per-example inputs (stored teacher outputs).
   """
   from tqdm.auto import tqdm
   sl = parallel.local_batch_slice(mesh, spec.batch_size)
@@ -65,7 +67,9 @@ def run_loop(spec: LoopSpec, *, step_fn, state, extra, start_step: int, train_it
       batch = next(train_iter)
       if data_mode == "global_slice":
         batch = {k: v[sl] for k, v in batch.items()}
-      batch = parallel.shard_batch(mesh, {"image": batch["image"], "label": batch["label"]})
+      if batch_fn is not None:   # e.g. stored teacher outputs looked up by example index
+        batch = batch_fn(batch)
+      batch = parallel.shard_batch(mesh, {k: v for k, v in batch.items() if k != "index"})
       genomes = np.asarray(genomes_fn(step), np.int32)
       state, m = step_fn(state, extra, batch, genomes, jax.random.fold_in(rng, step))
       # Check the previous step's finiteness flag after dispatching this one (keeps the pipeline

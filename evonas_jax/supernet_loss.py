@@ -34,6 +34,7 @@ class DistillSetup:
   """What the supernet loss needs besides the student: all static."""
   teacher: Any | None                   # ViTTeacher module (frozen) or None
   projector: Any | None                 # AttentionProjector module (spatial and frequency copies)
+  from_store: bool = False              # teacher outputs come with the batch ("t_logits", "t_feat")
   student_stage: int = -1               # which stage's output is distilled
   kd_ratio: float = 0.0                 # λ
   alpha_spatial: float = 0.0            # α1
@@ -63,6 +64,11 @@ def make_teacher_loss(teacher, compute_dtype=None) -> Callable:
 
 def make_teacher_prologue(setup: DistillSetup) -> Callable | None:
   """prologue(teacher_vars, batch) -> (teacher logits (B, K), feature (B, Ht, Wt, Ct)), frozen."""
+  if setup.from_store:
+    def from_batch(teacher_vars, batch):
+      del teacher_vars
+      return batch["t_logits"].astype(jnp.float32), batch["t_feat"].astype(jnp.float32)
+    return from_batch
   if setup.teacher is None:
     return None
 
@@ -85,8 +91,9 @@ def make_supernet_loss(student, space: SearchSpace, setup: DistillSetup) -> Call
   target/use_target: the step's first (largest) subnet logits for in-place KD (sandwich rule).
   """
   s = setup
-  use_feat = s.teacher is not None and (s.alpha_spatial > 0 or s.alpha_frequency > 0)
-  use_teacher_kd = s.teacher is not None and s.kd_ratio > 0
+  has_teacher = s.teacher is not None or s.from_store
+  use_feat = has_teacher and (s.alpha_spatial > 0 or s.alpha_frequency > 0)
+  use_teacher_kd = has_teacher and s.kd_ratio > 0
 
   def loss_fn(params, batch_stats, aux, batch, genome, target, use_target, rng):
     images, labels = batch["image"], batch["label"]

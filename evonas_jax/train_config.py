@@ -7,7 +7,7 @@ from evonas_jax.steps import COMPUTE_DTYPES
 
 SPACES = ("evonas", "hybrid")
 PRESETS = ("tiny", "small", "base")
-TEACHER_SOURCES = ("train", "checkpoint", "none")
+TEACHER_SOURCES = ("train", "checkpoint", "store", "none")
 REDUCTIONS = ("sum", "mean")
 
 
@@ -47,6 +47,10 @@ def validate_train_config(c) -> None:
     _need(bool(c.teacher.checkpoint), "teacher.checkpoint",
           "a checkpoint path (a teacher workdir's teacher/final) when teacher.source='checkpoint'",
           c.teacher.checkpoint)
+  if c.teacher.source == "store":
+    _need(bool(c.teacher.store), "teacher.store",
+          "a teacher-store directory (evonas_jax.teacher_store) when teacher.source='store'",
+          c.teacher.store)
   d = c.distill
   for f in ("distill.kd_ratio", "distill.alpha_spatial", "distill.alpha_frequency",
             "sampling.inplace_kd_ratio"):
@@ -102,8 +106,9 @@ def default_config():
   c.optimizer.restart_per_stage = False   # official: the cosine restarts at every PST stage
 
   c.teacher = ml_collections.ConfigDict()
-  c.teacher.source = "train"    # "train" (stage 1 of this run) | "checkpoint" | "none"
+  c.teacher.source = "train"    # "train" (stage 1 of this run) | "checkpoint" | "store" | "none"
   c.teacher.checkpoint = ""     # for source="checkpoint": a <teacher workdir>/teacher/final
+  c.teacher.store = ""          # for source="store": precomputed features (evonas_jax.teacher_store)
   c.teacher.num_steps = 300
   c.teacher.eval_every = 300
   c.teacher.model = ml_collections.ConfigDict(dict(

@@ -54,16 +54,17 @@ def _iter_state_for_this_process(state: dict) -> dict:
   return st
 
 
-def _train_iterator(config, mesh, seed):
+def _train_iterator(config, mesh, seed, return_index=False):
   """Per-host shard of the global batch ("per_host") or every host reading the global batch and
   keeping its rows ("global_slice": bitwise the single-process batch, for small data)."""
   if config.parallel.data_sharding == "per_host" and jax.process_count() > 1:
     return data_lib.train_iterator(config.data, config.batch_size // jax.process_count(),
                                    seed=seed, process_index=jax.process_index(),
-                                   process_count=jax.process_count()), "per_host"
+                                   process_count=jax.process_count(),
+                                   return_index=return_index), "per_host"
   # Explicit process 0 of 1: the data API defaults to this JAX process's shard.
   return data_lib.train_iterator(config.data, config.batch_size, seed=seed, process_index=0,
-                                 process_count=1), "global_slice"
+                                 process_count=1, return_index=return_index), "global_slice"
 
 
 def _restore(ckpt, state, train_iter):
@@ -82,7 +83,7 @@ def _restore(ckpt, state, train_iter):
 def train_teacher(config, workdir, mesh, info, writer):
   """Teacher stage. Returns (teacher module, frozen variables) or (None, None)."""
   tc = config.teacher
-  if tc.source == "none":
+  if tc.source in ("none", "store"):
     return None, None
   from evonas_jax.nn.teacher import teacher_from_config
   teacher = teacher_from_config(tc.model, info.num_classes)
@@ -148,7 +149,22 @@ class _PrefixWriter:
 
 
 # -------------------------------------------------------------------------------------- supernet
-def build_supernet_state(config, space, info, teacher, teacher_vars, rng):
+def open_teacher_store(config):
+  """The precomputed-teacher store of `teacher.source="store"` (checked against the data)."""
+  if config.teacher.source != "store":
+    return None
+  from evonas_jax.teacher_store import TeacherStore
+  store = TeacherStore(config.teacher.store)
+  store.check_data(config.data)      # refuses augmentation: features are of unaugmented images
+  if config.distill.kd_ratio > 0 and not store.has_logits:
+    raise ValueError(f"config.distill.kd_ratio = {config.distill.kd_ratio} but the teacher store "
+                     f"{config.teacher.store} holds no logits; allowed: kd_ratio = 0 with it")
+  print(f"[evonas_jax] teacher: precomputed store {config.teacher.store} "
+        f"({store.num_examples} examples, features {store.feature_shape})", flush=True)
+  return store
+
+
+def build_supernet_state(config, space, info, teacher, teacher_vars, rng, store=None):
   """Student (+ projector) modules and the initial variables (before replication)."""
   _, student_vars = init_supernet(space, info.num_classes, rng, info.image_shape,
                                   drop_path_rate=config.drop_path_rate)
@@ -156,11 +172,15 @@ def build_supernet_state(config, space, info, teacher, teacher_vars, rng):
   batch_stats = {"student": student_vars["batch_stats"]}
   projector = None
   d = config.distill
-  if teacher is not None and (d.alpha_spatial > 0 or d.alpha_frequency > 0):
+  if (teacher is not None or store is not None) and (d.alpha_spatial > 0
+                                                      or d.alpha_frequency > 0):
     from evonas_jax.nn.projector import AttentionProjector
     x0 = jnp.zeros((1, *info.image_shape), jnp.float32)
-    _, t_feat = jax.eval_shape(functools.partial(teacher.apply, train=False),
-                               jax.device_get(teacher_vars), x0)
+    if store is not None:
+      t_feat = jax.ShapeDtypeStruct((1, *store.feature_shape), jnp.float32)
+    else:
+      _, t_feat = jax.eval_shape(functools.partial(teacher.apply, train=False),
+                                 jax.device_get(teacher_vars), x0)
     student_shell = EvoNet(supernet_spec(space), info.num_classes)
     _, feats = jax.eval_shape(functools.partial(student_shell.apply, return_features=True),
                               student_vars, x0)
@@ -192,7 +212,7 @@ def build_supernet_state(config, space, info, teacher, teacher_vars, rng):
 
 
 def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, mesh, rng,
-                          verbose=False, tx=None):
+                          verbose=False, tx=None, store=None):
   """(step_fn, replicated initial state, lr schedule) of the supernet stage on `mesh`.
 
   tx: an optax transformation replacing the config's AdamW (tests use plain SGD: Adam turns
@@ -200,7 +220,7 @@ def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, 
   """
   rng, init_rng = jax.random.split(rng)
   projector, params, batch_stats = build_supernet_state(config, space, info, teacher,
-                                                        teacher_vars, init_rng)
+                                                        teacher_vars, init_rng, store)
   if config.init_from:
     src = load_pytree(config.init_from)
     params["student"] = _match(src["params"], params["student"], "params", config.init_from)
@@ -220,8 +240,10 @@ def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, 
   student = EvoNet(supernet_spec(space, config.drop_path_rate), info.num_classes,
                    bn_axis_name=parallel.DATA_AXIS)
   d = config.distill
-  setup = DistillSetup(teacher=teacher, projector=projector, student_stage=d.student_stage,
-                       kd_ratio=d.kd_ratio if teacher is not None else 0.0,
+  has_teacher = teacher is not None or store is not None
+  setup = DistillSetup(teacher=teacher, from_store=store is not None, projector=projector,
+                       student_stage=d.student_stage,
+                       kd_ratio=d.kd_ratio if has_teacher else 0.0,
                        alpha_spatial=d.alpha_spatial, alpha_frequency=d.alpha_frequency,
                        temperature=d.temperature, reduction=d.reduction,
                        inplace_kd=config.sampling.rule == "sandwich" and config.sampling.inplace_kd,
@@ -259,9 +281,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   print(f"[evonas_jax] PST: {schedule.describe()}; sampling rule {config.sampling.rule}",
         flush=True)
   rng = jax.random.key(config.seed)
+  store = open_teacher_store(config)
   step_fn, state, sched = make_supernet_trainer(config, space, info, schedule, teacher,
-                                                teacher_vars, mesh, rng, verbose=True)
-  train_iter, mode = _train_iterator(config, mesh, config.seed)
+                                                teacher_vars, mesh, rng, verbose=True, store=store)
+  train_iter, mode = _train_iterator(config, mesh, config.seed, return_index=store is not None)
   ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   state, start, _ = _restore(ckpt, state, train_iter)
 
@@ -301,7 +324,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       rng=rng, lr_fn=lambda s: float(sched(s)), ckpt=ckpt,
       meta_fn=lambda s: {"step": s, "pst_stage": schedule.stage_at(max(s - 1, 0)).index,
                          "seed": config.seed, "data_iterator": train_iter.get_state()},
-      writer=writer, eval_fn=eval_fn, describe_step=describe)
+      writer=writer, eval_fn=eval_fn, describe_step=describe,
+      batch_fn=None if store is None else functools.partial(add_store_outputs, store))
   ckpt.close()
 
   variables = student_vars(state)
@@ -341,6 +365,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     plot_metrics(writer.read(), os.path.join(workdir, "metrics.png"))
     print_summary(results, workdir)
   return results
+
+
+def add_store_outputs(store, batch: dict) -> dict:
+  """Host batch + the stored teacher outputs of its examples ("t_feat", "t_logits")."""
+  out = dict(batch, t_feat=store.lookup(batch["index"]))
+  out["t_logits"] = (store.lookup_logits(batch["index"]) if store.has_logits else
+                     np.zeros((len(batch["index"]), 1), np.float32))
+  return out
 
 
 def _match(src, target, what, path):

@@ -221,11 +221,13 @@ def train_iterator(
     seed: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    return_index: bool = False,
 ) -> pipeline_lib.DataIterator:
     """Infinite augmented training batches of the train split, sharded per host.
 
     Returns:
-      DataIterator of {"image": float32 (B, S, S, C), "label": int32 (B,)};
+      DataIterator of {"image": float32 (B, S, S, C), "label": int32 (B,)} (+ "index" int64
+      (B,), positions in the train split, with return_index: what a teacher store is keyed by);
       B = batch_size (per host), S = image_size, C = channels.
     """
     spec = config_lib.validate(data_cfg)
@@ -233,7 +235,7 @@ def train_iterator(
     return pipeline_lib.train_iterator(
         _cached(spec, split), spec.preprocessor(), batch_size=batch_size, seed=seed, process_index=process_index,
         process_count=process_count, image_key=spec.image_key, label_key=spec.label_key,
-        num_threads=spec.num_threads, prefetch=spec.prefetch)
+        num_threads=spec.num_threads, prefetch=spec.prefetch, return_index=return_index)
 
 
 def eval_iterator(
