@@ -11,14 +11,14 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: setup data quickstart test aot-h100 bench-scan clean-venv
 
+# foolbox ships the 20 real CIFAR-10 test images the NB201 proxy bench reads (its data files
+# only; --no-deps keeps eagerpy/GitPython out, foolbox itself is never imported).
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
-	# foolbox ships the 20 real CIFAR-10 test images the NB201 proxy bench reads (its data files
-	# only; --no-deps keeps eagerpy/GitPython out, foolbox itself is never imported).
 	$(BIN)/pip install -q --no-deps "foolbox==3.3.4"
 	touch $@
 
