@@ -116,6 +116,16 @@ class ShardedTrainStep:
     self._update = jax.jit(update, donate_argnums=(0,))
     self.num_classes = num_classes
 
+  def _no_target(self, global_batch: int):
+    """(zero logits, use_target=0) for a step's first subnet; built once per batch size."""
+    cache = self.__dict__.setdefault("_no_target_cache", {})
+    if global_batch not in cache:
+      zeros = np.zeros((parallel.local_rows(self.mesh, global_batch), self.num_classes),
+                       np.float32)
+      cache[global_batch] = (parallel.shard_batch(self.mesh, {"t": zeros})["t"],
+                             parallel.replicate(self.mesh, np.float32(0.0)))
+    return cache[global_batch]
+
   def __call__(self, state, extra, batch, genomes, rng):
     genomes = np.asarray(genomes, np.int32)
     aux = self._prologue(extra, batch) if self._prologue is not None else None
@@ -124,10 +134,7 @@ class ShardedTrainStep:
     for i in range(genomes.shape[0]):
       g_i = parallel.replicate(self.mesh, genomes[i])
       if target is None:
-        b = batch["label"].shape[0]
-        target_in = parallel.shard_batch(self.mesh, {"t": np.zeros(
-            (parallel.local_rows(self.mesh, b), self.num_classes), np.float32)})["t"]
-        use = parallel.replicate(self.mesh, np.float32(0.0))
+        target_in, use = self._no_target(batch["label"].shape[0])
       else:
         target_in, use = target, parallel.replicate(self.mesh, np.float32(1.0))
       g, bs, m, logits = self._grad(state["params"], bs, aux, batch, g_i, target_in, use,

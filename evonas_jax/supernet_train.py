@@ -1,29 +1,19 @@
-"""Supernet training with random subnets per step (single device; the foundation trainer).
+"""Supernet evaluation and optimizer helpers shared by the trainer, search and benchmarks.
 
-Each step draws `subnets_per_step` random genomes from the space (host numpy, seeded by step),
-turns them into masks inside the compiled step, and accumulates the cross-entropy gradient of
-every subnet on the same batch (official PST step, research §3.5) through one `lax.scan`, so the
-network is traced once whatever k is. Masked mode: one compile serves every subnet.
-Distillation, shard_map data parallelism and checkpoint/resume belong to the CA-DDKD trainer.
+`make_optimizer` (AdamW, warmup + cosine, optional per-PST-stage restarts), per-subnet BatchNorm
+recalibration (`make_bn_step`, `recalibrate_bn`), masked-mode evaluation (`make_eval_step`,
+`evaluate`) and the run summary/plot. The training loop itself is `evonas_jax.trainer`.
 """
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import os
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from evonas_jax import data as data_lib
-from evonas_jax.nn import init_supernet
-from evonas_jax.nn.cost import arch_cost
-from evonas_jax.space import Arch, arch_masks, genome_to_masks, get_space
-from evonas_jax.workdir import MetricWriter, open_workdir
+from evonas_jax.space import arch_masks
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +38,6 @@ def make_optimizer(cfg, num_steps: int, stages=None):
   if cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx, sched
-
-
-def cross_entropy(logits, labels):
-  return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
 
 
 def make_eval_step(model):
