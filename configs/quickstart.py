@@ -23,8 +23,12 @@ def get_config():
   # 28x28 input: stage grids 7/4/2/1. The last stage is 1x1, where the frequency loss is
   # degenerate, so the quickstart distils stage 3 (2x2, 64 channels).
   c.distill.student_stage = 2
-  c.teacher.num_steps = 150
-  c.teacher.eval_every = 150
+  # Teacher: patch 7 (a 4x4 token grid) is 3x cheaper per step than patch 4 and learns faster
+  # per step at this size, so 450 steps cost what 150 patch-4 steps did: val acc 0.74 vs 0.51
+  # (measured on 2 CPU cores; patch 4 with the conv stem reached 0.64 in 150 steps).
+  c.teacher.model.patch_size = 7
+  c.teacher.num_steps = 450
+  c.teacher.eval_every = 450
   c.teacher.optimizer.lr = 2e-3
   c.teacher.optimizer.warmup_steps = 20
   return c

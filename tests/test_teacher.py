@@ -59,9 +59,30 @@ def test_feature_layer_selects_block_output():
   assert np.abs(np.asarray(f_last) - np.asarray(f0)).max() > 1e-3
 
 
-def test_teacher_learns_on_fashion_mnist():
+@pytest.mark.parametrize("patch,convs", [(4, 2), (7, 1), (28, 3)])
+def test_conv_stem_shapes(patch, convs):
+  """ViT-C stem: one 3x3 stride-2 conv per factor 2 of the patch size, then one conv with the odd
+  remainder as kernel and stride (none when the remainder is 1), then a 1x1 projection."""
+  m = ViTTeacher(num_classes=10, **{**TINY, "patch_size": patch}, stem="conv")
+  x = jnp.zeros((2, 28, 28, 1))
+  v = jax.eval_shape(m.init, jax.random.key(0), x)
+  logits, feat = jax.eval_shape(m.apply, v, x)
+  g = 28 // patch
+  assert logits.shape == (2, 10) and feat.shape == (2, g, g, 16)
+  stem = v["params"]["conv_stem"]
+  assert "patch_embed" not in v["params"]
+  assert sorted(k for k in stem if k.startswith("conv")) == [f"conv{i}" for i in range(convs)]
+  n_stride2 = {4: 2, 7: 0, 28: 2}[patch]
+  for i in range(n_stride2):
+    assert stem[f"conv{i}"]["kernel"].shape[:2] == (3, 3)
+  if patch % 2:
+    assert stem[f"conv{convs - 1}"]["kernel"].shape[:2] == (7, 7)
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_teacher_learns_on_fashion_mnist(stem):
   x, y = _fashion(64)
-  m = ViTTeacher(num_classes=10, **TINY)
+  m = ViTTeacher(num_classes=10, **TINY, stem=stem)
   params = jax.jit(m.init)(jax.random.key(0), x[:1])["params"]
   opt = optax.adam(5e-3)
   state = opt.init(params)
@@ -94,6 +115,7 @@ def test_teacher_config_validation():
          ({"patch_size": 0}, "teacher.patch_size"),
          ({"mlp_ratio": -1.0}, "teacher.mlp_ratio"),
          ({"dropout": 1.0}, "teacher.dropout"),
+         ({"stem": "hybrid"}, r"teacher.stem='hybrid' is invalid; allowed: \('patch', 'conv'\)"),
          ({"depht": 3}, r"unknown field\(s\) \['depht'\]")]
   for fields, msg in bad:
     with pytest.raises(ValueError, match=msg):

@@ -78,11 +78,14 @@ class EvoNet(nn.Module):
   `evonas_jax.space.genome_to_masks` (masked mode; requires the supernet allocation).
   With return_features=True also returns the four stage outputs [(B, H_s, W_s, dims[s])].
   bn_axis_name: the shard_map axis name for synchronised BatchNorm statistics (data parallel).
+  classifier=False (the backbone of a dense-prediction model): no final norm / head parameters;
+  returns only the four stage features (num_classes is then ignored).
   """
   spec: NetSpec
   num_classes: int
   scan_backend: str = "auto"
   bn_axis_name: str | None = None
+  classifier: bool = True
 
   @nn.compact
   def __call__(self, x, masks=None, train: bool = False, return_features: bool = False):
@@ -99,6 +102,8 @@ class EvoNet(nn.Module):
         # weights exactly zero gradient.
         x = y if m is None else jnp.where(m["depth"][bs.index] > 0, y, x)
       feats.append(x)
+    if not self.classifier:
+      return feats
     logits = Dense(self.num_classes, name="head")(LayerNorm(name="norm")(x).mean(axis=(1, 2)))
     return (logits, feats) if return_features else logits
 
@@ -116,14 +121,17 @@ def init_supernet(space: SearchSpace, num_classes: int, rng, image_shape, *,
   return model, variables
 
 
-def init_variables(spec: NetSpec, num_classes: int, rng, image_shape, scan_backend="auto"):
+def init_variables(spec: NetSpec, num_classes: int, rng, image_shape, scan_backend="auto",
+                   classifier: bool = True):
   """Variables of EvoNet(spec): stem/downsample/head from a block-less shell, blocks per stage."""
   from evonas_jax.space.masks import full_mask_for_spec
-  shell = EvoNet(NetSpec(spec.dims, tuple(() for _ in spec.stages)), num_classes, scan_backend)
+  shell = EvoNet(NetSpec(spec.dims, tuple(() for _ in spec.stages)), num_classes, scan_backend,
+                 classifier=classifier)
   x = jnp.zeros((1, *image_shape), jnp.float32)
   k_shell, k_blocks = jax.random.split(rng)
   variables = jax.jit(functools.partial(shell.init, train=False))(k_shell, x)
-  _, feats = jax.eval_shape(functools.partial(shell.apply, return_features=True), variables, x)
+  out = jax.eval_shape(functools.partial(shell.apply, return_features=True), variables, x)
+  feats = out[1] if classifier else out
   params = dict(variables["params"])
   for s, blocks in enumerate(spec.stages):
     if not blocks:
