@@ -539,3 +539,22 @@ def test_api_prepares_on_first_use_and_falls_back(tmp_path, caplog, capsys):
     cfg.allow_fallback = False
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         data.train_iterator(cfg, 8, seed=0, process_index=0, process_count=1)
+
+
+def test_concurrent_first_use_prepares_once(tmp_path):
+  """Two processes opening the same unprepared dataset at once (e.g. parallel test workers) both
+  succeed: the file lock in data.api makes one write while the other waits and reuses it."""
+  import subprocess
+  import sys
+  code = ("import sys; from evonas_jax import data; c = data.get_config_defaults(); "
+          "c.source = 'digits'; c.image_size = 8; c.val_size = 100; "
+          f"c.tfds_data_dir = {str(tmp_path)!r}; print(data.dataset_info(c).split_sizes)")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+  outs = [p.communicate(timeout=240) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+  sizes = [out.strip().splitlines()[-1] for out, _ in outs]   # TFDS prints progress first
+  assert sizes[0] == sizes[1] and "'validation': 100" in sizes[0], sizes
+  assert os.path.exists(tmp_path / ".evonas_digits.prepare.lock")

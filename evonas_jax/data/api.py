@@ -8,6 +8,7 @@ pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -118,6 +119,20 @@ def _wait_until_prepared(tfds_data_dir: str, name: str) -> None:
         time.sleep(2.0)
 
 
+@contextlib.contextmanager
+def _prepare_lock(tfds_data_dir: str, name: str):
+    """Exclusive advisory lock on <tfds_data_dir>/.<name>.prepare.lock (POSIX flock)."""
+    import fcntl
+
+    os.makedirs(tfds_data_dir, exist_ok=True)
+    with open(os.path.join(tfds_data_dir, f".{name}.prepare.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _resolve(spec: config_lib.DataSpec) -> _Resolved:
     if spec.source == "tfds":
         tfds_source.load_builder(spec.name, spec.tfds_data_dir)  # Early, clear error if not prepared.
@@ -127,10 +142,15 @@ def _resolve(spec: config_lib.DataSpec) -> _Resolved:
     val_size = _effective_val_size(spec, fallback_from)
     if not tfds_prepare.is_prepared(spec.tfds_data_dir, name):
         if _is_primary_host():
-            log.info("First use of %s: preparing TFDS dataset %s in %s (val_size=%r).",
-                     resolved, name, spec.tfds_data_dir, val_size)
-            tfds_prepare.prepare(spec.source, spec.tfds_data_dir, data_dir=spec.data_dir, val_size=val_size,
-                                 allow_fallback=spec.allow_fallback)
+            # Several processes on one machine (parallel test workers, two jobs started together)
+            # may all be "host 0": an exclusive file lock makes one of them write, the others
+            # find the finished dataset once they get the lock.
+            with _prepare_lock(spec.tfds_data_dir, name):
+                if not tfds_prepare.is_prepared(spec.tfds_data_dir, name):
+                    log.info("First use of %s: preparing TFDS dataset %s in %s (val_size=%r).",
+                             resolved, name, spec.tfds_data_dir, val_size)
+                    tfds_prepare.prepare(spec.source, spec.tfds_data_dir, data_dir=spec.data_dir,
+                                         val_size=val_size, allow_fallback=spec.allow_fallback)
         else:  # Shared filesystem: one writer, the others wait.
             _wait_until_prepared(spec.tfds_data_dir, name)
     _check_prepared_val_size(spec.tfds_data_dir, name, resolved, val_size)
