@@ -1,0 +1,501 @@
+"""Standalone EvoNet export: one searched subnet -> a folder anyone can run with numpy + jax.
+
+    export_subnet(workdir, select, out=None, ...) -> ExportResult
+
+`workdir` is a search workdir (pareto.json + config.json naming its `supernet_workdir`) or a
+training workdir (config.json + final/). `select` picks the subnet: an int / "3" is row 3 of
+pareto.json; a genome (a list, or "0,1,2,..." as on the command line) is validated by the space
+with its own error messages. The export folder holds
+
+  arch.json              arch, genome, space, num_classes, image_shape, normalisation, objectives
+                         (from the pareto row, if any), cost, versions, artifact descriptions
+  params/                orbax checkpoint of the SLICED variables {'params', 'batch_stats'} of
+                         `subnet_model(space, arch, num_classes)`, BatchNorm recalibrated for
+                         THIS subnet (the supernet's shared statistics fit no single subnet)
+  params.npz             the same variables flattened: "params/stem/conv/kernel" -> array
+  model_<platform>.jax_export
+                         serialized `jax.export` of f(flat_variables, images) -> outputs, the
+                         variables an argument (not baked-in constants), lowered per platform;
+                         `flat_variables` is exactly the dict that `np.load("params.npz")` gives.
+
+Batch dimension: symbolic ("b") unless `batch_size` is given. The CUDA artifact of an arch with
+SS2D blocks first tries the Pallas Triton selective scan; the Triton lowering cannot take a
+symbolic grid, so with a symbolic batch it falls back (printed) to the lax.scan reference; with a
+fixed `batch_size` the Pallas kernel is kept. The CPU artifact always uses the reference scan.
+
+A task (the network family trained in the workdir) is a registry entry: `TASKS[name]` builds
+(module for an arch, extract function) from the training config. Classification EvoNet is the
+only one so far; a dense-prediction model registers the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evonas_jax.space import Arch, SearchSpace, get_space
+
+FORMAT = "evonas_jax.export/1"
+PLATFORMS = ("cpu", "cuda")
+SPACE_FIELDS = ("max_depths", "mlp_choices", "d_state_choices", "expand_choices")
+_TRITON = "__gpu$xla.gpu.triton"
+
+
+# --------------------------------------------------------------------------- tasks (registry)
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """How to turn a supernet into a standalone network for one task.
+
+  make_module(arch, scan_backend) -> flax module whose apply(variables, images) runs the subnet;
+  extract(supernet_variables, arch) -> that module's variables {'params', 'batch_stats'};
+  output: a description of what apply returns (written to arch.json).
+  """
+  name: str
+  make_module: Callable[[Arch, str], Any]
+  extract: Callable[[Any, Arch], Any]
+  output: str
+
+
+def _classification_task(train_cfg: dict, space: SearchSpace, num_classes: int) -> Task:
+  from evonas_jax.nn.supernet import extract_subnet, subnet_model
+  del train_cfg   # nothing task-specific in the config yet
+  return Task(
+      name="classification",
+      make_module=lambda arch, backend: subnet_model(space, arch, num_classes,
+                                                     scan_backend=backend),
+      extract=lambda variables, arch: extract_subnet(variables, space, arch),
+      output=f"logits float32 (batch, {num_classes})")
+
+
+# name -> builder(train_cfg dict, space, num_classes) -> Task. Dense heads register here.
+TASKS: dict[str, Callable[[dict, SearchSpace, int], Task]] = {
+    "classification": _classification_task,
+}
+
+
+def build_task(train_cfg: dict, space: SearchSpace, num_classes: int) -> Task:
+  """The Task of a training config (`task` field; absent = classification)."""
+  name = (train_cfg or {}).get("task", "classification")
+  if name not in TASKS:
+    raise ValueError(f"training config task={name!r} has no exporter; allowed: {tuple(TASKS)}")
+  return TASKS[name](train_cfg or {}, space, num_classes)
+
+
+# --------------------------------------------------------------------------- space <-> json
+def space_to_dict(space: SearchSpace) -> dict:
+  """name, preset and the fields that differ from the registered preset (smoke-test spaces)."""
+  base = get_space(space.name, space.preset)
+  over = {f: list(getattr(space, f)) for f in SPACE_FIELDS if getattr(space, f) != getattr(base, f)}
+  return {"name": space.name, "preset": space.preset, "overrides": over}
+
+
+def space_from_dict(d: dict) -> SearchSpace:
+  space = get_space(d["name"], d["preset"])
+  over = {k: tuple(v) for k, v in d.get("overrides", {}).items()}
+  return dataclasses.replace(space, **over) if over else space
+
+
+# --------------------------------------------------------------------------- variables
+def flatten_variables(variables) -> dict[str, np.ndarray]:
+  """Nested variables -> {"params/stem/conv/kernel": array} (what params.npz holds).
+
+  Arrays become numpy arrays; ShapeDtypeStructs (abstract variables) are kept as they are.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+  return {"/".join(str(k.key) for k in path):
+          v if isinstance(v, jax.ShapeDtypeStruct) else np.asarray(v) for path, v in leaves}
+
+
+def unflatten_variables(flat: dict) -> dict:
+  out: dict = {}
+  for name, v in flat.items():
+    node = out
+    *parents, leaf = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return out
+
+
+def make_bn_step(module):
+  """Train-mode forward of the standalone network -> its new batch_stats (recalibration)."""
+  @jax.jit
+  def step(variables, images):
+    _, upd = module.apply(variables, images, train=True, mutable=["batch_stats"],
+                          rngs={"dropout": jax.random.key(0)})
+    return upd["batch_stats"]
+  return step
+
+
+def recalibrate(module, variables, batches, progress: bool = True):
+  """BatchNorm statistics of THIS subnet: len(batches) train-mode forwards (momentum 0.9).
+
+  The same procedure as `supernet_train.recalibrate_bn`, run on the sliced network (cheaper to
+  compile; equal to the masked supernet's to float rounding, see tests/test_export.py).
+  The exported network has no stochastic depth, so none is applied here either.
+  """
+  if not batches or "batch_stats" not in variables:
+    return variables
+  from tqdm.auto import tqdm
+  step, bs = make_bn_step(module), variables["batch_stats"]
+  for images in tqdm(batches, desc="BN recalibration", unit="batch", disable=not progress,
+                     dynamic_ncols=True, leave=False):
+    bs = step({**variables, "batch_stats": bs}, images)
+  return {**variables, "batch_stats": jax.device_get(bs)}
+
+
+# --------------------------------------------------------------------------- sources
+@dataclasses.dataclass
+class Source:
+  """What a workdir provides: the space, the data config, the supernet loader, the front."""
+  kind: str                      # "search" | "train"
+  workdir: str
+  space: SearchSpace
+  data_cfg: Any
+  train_cfg: dict
+  supernet_workdir: str | None   # None: a random supernet (search without one)
+  pareto: list[dict] | None
+  calib: dict                    # batches, batch_size, seed: the BN recalibration default
+  search_cfg: Any = None
+
+
+def _read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _data_cfg(d: dict):
+  from evonas_jax import data as data_lib
+  c = data_lib.get_config_defaults()
+  c.update(d)
+  return c
+
+
+def _resolve_supernet_dir(path: str, search_workdir: str) -> str:
+  cands = [os.path.abspath(os.path.expanduser(path))]
+  if not os.path.isabs(path):   # a relative path is relative to where the search ran: try both
+    cands.append(os.path.abspath(os.path.join(search_workdir, path)))
+  for c in cands:
+    if os.path.isfile(os.path.join(c, "config.json")) and os.path.isdir(os.path.join(c, "final")):
+      return c
+  raise FileNotFoundError(f"the search's supernet_workdir {path!r} has no config.json + final/ "
+                          f"(looked in {cands})")
+
+
+def open_source(workdir: str) -> Source:
+  """Reads a search or training workdir's configs (no weights are loaded here)."""
+  import ml_collections
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(cfg_path):
+    raise FileNotFoundError(f"--workdir {workdir} has no config.json: expected a search workdir "
+                            "(pareto.json) or a training workdir (final/)")
+  cfg = _read_json(cfg_path)
+  if os.path.isfile(os.path.join(workdir, "pareto.json")):
+    scfg = ml_collections.ConfigDict(cfg)
+    pareto = _read_json(os.path.join(workdir, "pareto.json"))["pareto"]
+    ev = cfg["evaluator"]
+    # The search's own calibration batches (DMMPE draws them the same way), so the exported
+    # statistics are the ones the search measured the subnet's accuracy with.
+    calib = {"batches": ev["calib_batches"], "batch_size": ev["calib_batch_size"],
+             "seed": cfg["seed"]}
+    if cfg.get("supernet_workdir"):
+      sup = _resolve_supernet_dir(cfg["supernet_workdir"], workdir)
+      tcfg = _read_json(os.path.join(sup, "config.json"))
+      return Source("search", workdir, get_space(tcfg["space"], tcfg["preset"]),
+                    _data_cfg(tcfg["data"]), tcfg, sup, pareto, calib, scfg)
+    over = {k: tuple(v) for k, v in cfg.get("space_overrides", {}).items() if v}
+    space = get_space(cfg["space"], cfg["preset"])
+    space = dataclasses.replace(space, **over) if over else space
+    return Source("search", workdir, space, _data_cfg(cfg["data"]), {}, None, pareto, calib, scfg)
+  if os.path.isdir(os.path.join(workdir, "final")):
+    calib = {"batches": cfg.get("bn_calibration_batches", 0),
+             "batch_size": cfg.get("eval_batch_size", 128), "seed": cfg.get("seed", 0) + 1}
+    return Source("train", workdir, get_space(cfg["space"], cfg["preset"]), _data_cfg(cfg["data"]),
+                  cfg, workdir, None, calib)
+  raise FileNotFoundError(f"--workdir {workdir} is neither a finished search (pareto.json) nor a "
+                          "finished training run (final/)")
+
+
+def load_supernet_variables(src: Source):
+  """(supernet variables, DatasetInfo) of the source."""
+  from evonas_jax import data as data_lib, search_lib
+  from evonas_jax.checkpoint import load_pytree
+  if src.supernet_workdir:
+    # Restored as saved, without initialising a supernet as the target (that costs a compile):
+    # extract_subnet then fails loudly on a checkpoint that does not fit the space.
+    variables = jax.tree.map(np.asarray, load_pytree(os.path.join(src.supernet_workdir, "final")))
+    return variables, data_lib.dataset_info(src.data_cfg)
+  print("[evonas_jax] WARNING: this search used no supernet_workdir; exporting from the same "
+        "RANDOMLY INITIALISED supernet (seed from its config). Tests only.", flush=True)
+  _, _, variables, _, info = search_lib.random_supernet(src.search_cfg)
+  return jax.device_get(variables), info
+
+
+# --------------------------------------------------------------------------- selection
+def parse_select(select) -> int | list[int]:
+  """"3" / 3 -> pareto row 3; "0,1,2,..." / a sequence -> a genome (list of ints)."""
+  allowed = ("a pareto.json row index (e.g. 3) or a genome as a comma list of gene indices "
+             "(e.g. 0,1,2,...)")
+  if isinstance(select, (int, np.integer)):
+    return int(select)
+  if isinstance(select, str):
+    parts = [p.strip() for p in select.strip().strip("[]").split(",")]
+    try:
+      vals = [int(p) for p in parts if p]
+    except ValueError:
+      raise ValueError(f"--select={select!r} is not {allowed}") from None
+    if not vals:
+      raise ValueError(f"--select is empty; expected {allowed}")
+    return vals[0] if len(parts) == 1 else vals
+  try:
+    return [int(v) for v in select]
+  except (TypeError, ValueError):
+    raise ValueError(f"--select={select!r} is not {allowed}") from None
+
+
+def select_subnet(src: Source, select):
+  """(arch, genome (G,) int32, pareto row dict or None, row index or None, default name)."""
+  sel = parse_select(select)
+  if isinstance(sel, int):
+    if src.pareto is None:
+      raise ValueError(f"--select={sel} is a pareto.json row, but {src.workdir} is a training "
+                       f"workdir (no pareto.json); pass a genome instead: "
+                       f"{src.space.genome_length} comma-separated gene indices for genes "
+                       f"{list(src.space.gene_names)}")
+    n = len(src.pareto)
+    if not 0 <= sel < n:
+      raise ValueError(f"--select={sel}: pareto.json of {src.workdir} has {n} rows; allowed row "
+                       f"indices 0..{n - 1}, or a genome as a comma list")
+    row = src.pareto[sel]
+    genome = src.space.validate(row["genome"])
+    return src.space.decode(genome), genome, row, sel, f"pareto_{sel}"
+  genome = src.space.validate(np.asarray(sel))   # names the bad gene and its allowed values
+  row, idx = None, None
+  for i, r in enumerate(src.pareto or []):
+    if list(r["genome"]) == genome.tolist():
+      row, idx = r, i
+  name = "genome_" + hashlib.sha1(genome.tobytes()).hexdigest()[:8]
+  return src.space.decode(genome), genome, row, idx, name
+
+
+# --------------------------------------------------------------------------- lowering
+def _has_ss2d(arch: Arch) -> bool:
+  return "ss2d" in arch.block_type
+
+
+def lower(task: Task, arch: Arch, flat_spec: dict, image_shape, platform: str,
+          batch_size: int = 0, log=print):
+  """jax.export.Exported of f(flat_variables, images) for `platform`, and (backend, batch).
+
+  Tries the Pallas scan for CUDA when the arch has SS2D blocks, falling back to the reference.
+  """
+  from jax import export
+  if platform not in PLATFORMS:
+    raise ValueError(f"--platforms: unknown platform {platform!r}; allowed: {PLATFORMS}")
+  if batch_size:
+    batch = batch_size
+  else:
+    batch, = export.symbolic_shape("b")
+  images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+  tries = ["reference"]
+  if platform == "cuda" and _has_ss2d(arch):
+    tries = ["pallas", "reference"]
+  for i, backend in enumerate(tries):
+    module = task.make_module(arch, backend)
+
+    def f(flat, x, module=module):
+      return module.apply(unflatten_variables(flat), x)
+    checks = [export.DisabledSafetyCheck.custom_call(_TRITON)] if backend == "pallas" else []
+    try:
+      exp = export.export(jax.jit(f), platforms=[platform], disabled_checks=checks)(flat_spec,
+                                                                                   images)
+      return exp, backend, (batch_size or "b")
+    except Exception as e:   # noqa: BLE001 - any lowering failure: report it, try the next backend
+      if i + 1 == len(tries):
+        raise
+      log(f"[evonas_jax] note: {platform} lowering with the {backend} selective scan failed "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); using the "
+          f"{tries[i + 1]} scan instead"
+          + ("" if batch_size else " (pass --batch_size B: the Pallas kernel needs a fixed batch)"))
+  raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- the export
+@dataclasses.dataclass
+class ExportResult:
+  out: str
+  meta: dict
+  variables: Any       # the exported (sliced, recalibrated) variables, host arrays
+
+
+def _calib_batches(src: Source, n: int, batch_size: int, seed: int) -> list[np.ndarray]:
+  from evonas_jax import data as data_lib
+  if n <= 0:
+    return []
+  it = data_lib.train_iterator(src.data_cfg, batch_size, seed=seed)
+  return [np.asarray(next(it)["image"]) for _ in range(n)]
+
+
+def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: int = 0,
+                  platforms=PLATFORMS, bn_recalib_batches: int | None = None,
+                  overwrite: bool = False, log=print) -> ExportResult:
+  """Writes the export folder (see the module docstring) and returns what it wrote.
+
+  batch_size: 0 = symbolic batch dimension in the artifacts, else that fixed batch.
+  bn_recalib_batches: None = the workdir's config (the search's calib_batches, or the training
+  run's bn_calibration_batches); 0 = keep the supernet's shared statistics (not recommended).
+  Refuses to overwrite an existing `out` unless overwrite=True; the folder is written under a
+  temporary name and moved into place at the end, so a failed export leaves nothing half-written.
+  """
+  t0 = time.time()
+  plats = tuple(p.strip() for p in (platforms.split(",") if isinstance(platforms, str)
+                                    else platforms) if p.strip())
+  bad = [p for p in plats if p not in PLATFORMS]
+  if bad or not plats:
+    raise ValueError(f"--platforms={platforms!r}: unknown {bad or 'empty list'}; allowed "
+                     f"(comma separated): {PLATFORMS}")
+  if not isinstance(batch_size, int) or batch_size < 0:
+    raise ValueError(f"--batch_size={batch_size!r} must be an int >= 0 (0 = symbolic batch)")
+  if bn_recalib_batches is not None and bn_recalib_batches < 0:
+    raise ValueError(f"--bn_recalib_batches={bn_recalib_batches} must be >= 0 (0 = keep the "
+                     "supernet's shared statistics)")
+  src = open_source(workdir)
+  arch, genome, row, row_idx, name = select_subnet(src, select)
+  out = os.path.abspath(out or os.path.join(src.workdir, "export", name))
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite, or choose "
+                          "another --out)")
+
+  variables, info = load_supernet_variables(src)
+  task = build_task(src.train_cfg, src.space, info.num_classes)
+  image_shape = tuple(int(s) for s in info.image_shape)
+  ref_module = task.make_module(arch, "reference")
+  sliced = jax.device_get(task.extract(variables, arch))
+  n_calib = src.calib["batches"] if bn_recalib_batches is None else bn_recalib_batches
+  if n_calib == 0 and "batch_stats" in sliced:
+    log("[evonas_jax] WARNING: no BatchNorm recalibration: the supernet's shared statistics fit "
+        "no single subnet (small subnets can evaluate near chance)")
+  batches = _calib_batches(src, n_calib, src.calib["batch_size"], src.calib["seed"])
+  sliced = recalibrate(ref_module, sliced, batches)
+  flat = flatten_variables(sliced)
+
+  from evonas_jax import __version__
+  from evonas_jax.checkpoint import save_pytree
+  from evonas_jax.nn.cost import arch_cost
+  cost = arch_cost(src.space, arch, image_shape, info.num_classes)
+  tmp = f"{out}.tmp-{os.getpid()}"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  os.makedirs(tmp)
+  try:
+    save_pytree(os.path.join(tmp, "params"), sliced)
+    np.savez(os.path.join(tmp, "params.npz"), **flat)
+    flat_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
+    artifacts = {}
+    for p in plats:
+      exp, backend, batch = lower(task, arch, flat_spec, image_shape, p, batch_size, log)
+      blob = exp.serialize()
+      fname = f"model_{p}.jax_export"
+      with open(os.path.join(tmp, fname), "wb") as f:
+        f.write(blob)
+      artifacts[p] = {"file": fname, "platforms": list(exp.platforms), "scan_backend": backend,
+                      "batch": batch, "bytes": len(blob)}
+    ds = src.data_cfg
+    meta = {
+        "format": FORMAT, "evonas_jax_version": __version__, "jax_version": jax.__version__,
+        "task": task.name, "output": task.output,
+        "space": space_to_dict(src.space), "arch": arch.to_dict(),
+        "genome": genome.tolist(), "arch_short": arch.short(),
+        "num_classes": int(info.num_classes), "class_names": list(info.class_names),
+        "image_shape": list(image_shape), "dataset": info.name,
+        # Images must be preprocessed the way the supernet saw them: (pixel in [0,1] - mean) / std.
+        "normalization": {"mean": _as_list(ds.mean), "std": _as_list(ds.std),
+                          "image_size": int(ds.image_size), "channels": int(ds.channels)},
+        "objectives": ({k: v for k, v in row.items() if k not in ("genome", "arch")}
+                       if row is not None else None),
+        "pareto_row": row_idx,
+        "source": {"kind": src.kind, "workdir": src.workdir,
+                   "supernet_workdir": src.supernet_workdir,
+                   "supernet_checkpoint": (os.path.join(src.supernet_workdir, "final")
+                                           if src.supernet_workdir else None)},
+        "bn_recalibration": {"batches": n_calib, "batch_size": src.calib["batch_size"],
+                             "seed": src.calib["seed"], "split": "train (augmented)"},
+        "cost": {"macs": int(cost.macs), "params": int(cost.params),
+                 "stored_params": int(sum(v.size for k, v in flat.items()
+                                          if k.startswith("params/")))},
+        "files": {"params_orbax": "params", "params_npz": "params.npz"},
+        "artifacts": artifacts,
+    }
+    with open(os.path.join(tmp, "arch.json"), "w") as f:
+      f.write(_dumps(meta))
+    if os.path.exists(out):   # overwrite=True: the new folder is complete; swap it in
+      shutil.rmtree(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  meta["seconds"] = time.time() - t0
+  return ExportResult(out, meta, sliced)
+
+
+def _dumps(obj) -> str:
+  """Indented JSON with lists of numbers on one line (genomes, depth bits stay readable)."""
+  import re
+  text = json.dumps(obj, indent=1)
+  return re.sub(r"\[[-+\d.eE,\s]+\]", lambda m: "[" + ", ".join(
+      x.strip() for x in m.group(0)[1:-1].split(",")) + "]", text) + "\n"
+
+
+def _as_list(v) -> list[float]:
+  return [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+
+
+def print_summary(res: ExportResult, log=print) -> None:
+  m = res.meta
+  log(f"\nexported {m['task']} subnet ({m['space']['name']}/{m['space']['preset']}) to {res.out}")
+  log(f"  arch    {m['arch_short']}")
+  log(f"  genome  {','.join(map(str, m['genome']))}")
+  log(f"  params  {m['cost']['params'] / 1e6:.4f} M (stored {m['cost']['stored_params']}), "
+      f"MACs {m['cost']['macs'] / 1e6:.2f} M at {tuple(m['image_shape'])}")
+  if m["objectives"]:
+    o = m["objectives"]
+    log("  search  " + ", ".join(f"{k} {o[k]:.4g}" for k in ("accuracy", "latency_ms", "macs")
+                                 if k in o))
+  npz = os.path.getsize(os.path.join(res.out, "params.npz"))
+  log(f"  files   params.npz {npz / 1e3:.1f} KB, params/ (orbax), arch.json")
+  for p, a in m["artifacts"].items():
+    log(f"          {a['file']} {a['bytes'] / 1e3:.1f} KB (platforms {a['platforms']}, "
+        f"scan {a['scan_backend']}, batch {a['batch']})")
+  bn = m["bn_recalibration"]
+  log("  BN      " + (f"recalibrated for this subnet on {bn['batches']} train batches of "
+                      f"{bn['batch_size']}" if bn["batches"] else
+                      "NOT recalibrated (the supernet's shared statistics)"))
+  log(f"  time    {m.get('seconds', 0):.1f} s")
+
+
+# --------------------------------------------------------------------------- loading back
+def load_export(path: str):
+  """(module, variables, meta) of an export folder, from its orbax params.
+
+  module is the task's standalone network (reference scan), ready for
+  `module.apply(variables, images)`.
+  """
+  from evonas_jax.checkpoint import load_pytree
+  meta = _read_json(os.path.join(path, "arch.json"))
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{path}/arch.json has format {meta.get('format')!r}; expected {FORMAT!r}")
+  space = space_from_dict(meta["space"])
+  task = build_task({"task": meta["task"]}, space, meta["num_classes"])
+  arch = Arch.from_dict(meta["arch"])
+  variables = load_pytree(os.path.join(path, "params"))
+  return task.make_module(arch, "reference"), variables, meta
