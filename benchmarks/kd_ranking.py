@@ -37,7 +37,7 @@ from evonas_jax.checkpoint import load_pytree  # noqa: E402
 from evonas_jax.nn import init_supernet  # noqa: E402
 from evonas_jax.nn.supernet import init_variables, subnet_model  # noqa: E402
 from evonas_jax.space import get_space  # noqa: E402
-from evonas_jax.steps import cross_entropy  # noqa: E402
+from evonas_jax.tasks import cross_entropy  # noqa: E402
 from evonas_jax.supernet_train import evaluate, make_bn_step, make_eval_step  # noqa: E402
 from evonas_jax.trainer import train_and_evaluate  # noqa: E402
 

@@ -87,8 +87,10 @@ def run_loop(spec: LoopSpec, *, step_fn, state, extra, start_step: int, train_it
         if is_main:
           writer.write(done, lr=lr_fn(step), images_per_s=ips,
                        **{k: v for k, v in m.items() if k != "finite"})
-          bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m['train_acc']):.3f}",
-                          ips=f"{ips:.0f}")
+          # The task's training accuracy when it has one (classification: train_acc,
+          # segmentation: train_pixel_acc; depth has none).
+          acc = {k: f"{float(m[k]):.3f}" for k in ("train_acc", "train_pixel_acc") if k in m}
+          bar.set_postfix(loss=f"{float(m['loss']):.3f}", **acc, ips=f"{ips:.0f}")
       if eval_fn is not None and done % spec.eval_every == 0 and done < spec.num_steps:
         check(*pending)
         res = eval_fn(state, done)

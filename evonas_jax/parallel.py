@@ -15,6 +15,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 log = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
+
+
+def varying_axes(x) -> frozenset:
+  """Mesh axes over which a value traced inside shard_map varies (check_vma), else empty.
+
+  jax 0.10 keeps them in `typeof(x).manual_axis_type.varying`; earlier releases in
+  `typeof(x).vma`."""
+  t = jax.typeof(x)
+  mat = getattr(t, "manual_axis_type", None)
+  if mat is not None:
+    return frozenset(mat.varying)
+  return frozenset(getattr(t, "vma", frozenset()))
 DATA_SHARDING_MODES = ("per_host", "global_slice")
 
 

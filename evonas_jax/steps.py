@@ -42,12 +42,6 @@ def cast_floats(tree, dtype):
                       tree)
 
 
-def cross_entropy(logits, labels):
-  """Mean softmax cross-entropy; logits (B, K) float, labels (B,) int."""
-  return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)),
-                                       labels[:, None], 1))
-
-
 def _mean_over_data(g):
   """All-reduce mean of a per-device gradient over `data`.
 
@@ -57,7 +51,7 @@ def _mean_over_data(g):
   (measured: 8x the 1-device gradient on 8 devices). A gradient still varying over `data` gets
   the explicit pmean.
   """
-  if DATA_AXIS in getattr(jax.typeof(g), "vma", frozenset()):
+  if DATA_AXIS in parallel.varying_axes(g):
     return lax.pmean(g, DATA_AXIS)
   return g / lax.axis_size(DATA_AXIS)
 
@@ -74,7 +68,8 @@ class ShardedTrainStep:
   """
 
   def __init__(self, loss_fn: Callable, tx: optax.GradientTransformation, mesh: Mesh,
-               prologue_fn: Callable | None = None, num_classes: int | None = None):
+               prologue_fn: Callable | None = None, num_classes: int | None = None,
+               target_shape: tuple | None = None):
     self.mesh, self.tx = mesh, tx
     dp = P(DATA_AXIS)
 
@@ -114,13 +109,15 @@ class ShardedTrainStep:
       return new, {**metrics, "grad_norm": gnorm, "finite": finite.astype(jnp.float32)}
 
     self._update = jax.jit(update, donate_argnums=(0,))
-    self.num_classes = num_classes
+    # Per-example shape of the in-place KD target (the task's kd_target: (K,) logits for
+    # classification, (H, W) depth, (H, W, K) segmentation logits).
+    self.target_shape = tuple(target_shape) if target_shape is not None else (num_classes,)
 
   def _no_target(self, global_batch: int):
-    """(zero logits, use_target=0) for a step's first subnet; built once per batch size."""
+    """(zero target, use_target=0) for a step's first subnet; built once per batch size."""
     cache = self.__dict__.setdefault("_no_target_cache", {})
     if global_batch not in cache:
-      zeros = np.zeros((parallel.local_rows(self.mesh, global_batch), self.num_classes),
+      zeros = np.zeros((parallel.local_rows(self.mesh, global_batch), *self.target_shape),
                        np.float32)
       cache[global_batch] = (parallel.shard_batch(self.mesh, {"t": zeros})["t"],
                              parallel.replicate(self.mesh, np.float32(0.0)))
@@ -134,7 +131,7 @@ class ShardedTrainStep:
     for i in range(genomes.shape[0]):
       g_i = parallel.replicate(self.mesh, genomes[i])
       if target is None:
-        target_in, use = self._no_target(batch["label"].shape[0])
+        target_in, use = self._no_target(batch["image"].shape[0])
       else:
         target_in, use = target, parallel.replicate(self.mesh, np.float32(1.0))
       g, bs, m, logits = self._grad(state["params"], bs, aux, batch, g_i, target_in, use,

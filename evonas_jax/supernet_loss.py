@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 from evonas_jax import distill
 from evonas_jax.space import SearchSpace, genome_to_masks
-from evonas_jax.steps import cast_floats, cross_entropy
+from evonas_jax.steps import cast_floats
+from evonas_jax.tasks import Classification
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,21 +45,36 @@ class DistillSetup:
   inplace_kd: bool = False              # sandwich rule: KD from the largest (first) subnet
   inplace_kd_ratio: float = 0.5         # λ for the in-place KD term
   compute_dtype: Any = None             # None = float32
+  task: Any = None                      # evonas_jax.tasks object; None = classification
 
 
-def make_teacher_loss(teacher, compute_dtype=None) -> Callable:
-  """Single-network loss for the teacher stage (signature of steps.ShardedTrainStep)."""
+def _task(setup_or_task):
+  t = getattr(setup_or_task, "task", setup_or_task)
+  return Classification() if t is None else t
+
+
+def _split_features(out):
+  """Student output with return_features=True -> (prediction, stage features): EvoNet returns
+  (logits, feats), DenseEvoNet a dict holding "features"."""
+  if isinstance(out, dict):
+    out = dict(out)
+    return out, out.pop("features")
+  return out
+
+
+def make_teacher_loss(teacher, compute_dtype=None, task=None) -> Callable:
+  """Single-network loss for the teacher stage (signature of steps.ShardedTrainStep): the task's
+  supervised loss (CE for classification) on the teacher's output."""
+  task = _task(task)
 
   def loss_fn(params, batch_stats, aux, batch, genome, target, use_target, rng):
     del aux, genome, target, use_target
     p, x = params, batch["image"]
     if compute_dtype is not None:
       p, x = cast_floats(p, compute_dtype), x.astype(compute_dtype)
-    logits, _ = teacher.apply({"params": p}, x, train=True, rngs={"dropout": rng})
-    logits = logits.astype(jnp.float32)
-    loss = cross_entropy(logits, batch["label"])
-    acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return loss, (batch_stats, {"ce": loss, "train_acc": acc}, logits)
+    out, _ = teacher.apply({"params": p}, x, train=True, rngs={"dropout": rng})
+    loss, metrics = task.task_loss(out, batch)
+    return loss, (batch_stats, metrics, task.kd_target(out))
   return loss_fn
 
 
@@ -72,47 +88,52 @@ def make_teacher_prologue(setup: DistillSetup) -> Callable | None:
   if setup.teacher is None:
     return None
 
+  task = _task(setup)
+
   def prologue(teacher_vars, batch):
     x = batch["image"]
     if setup.compute_dtype is not None:
       teacher_vars, x = cast_floats(teacher_vars, setup.compute_dtype), x.astype(setup.compute_dtype)
-    logits, feat = setup.teacher.apply(teacher_vars, x, train=False)
-    return (jax.lax.stop_gradient(logits.astype(jnp.float32)),
+    out, feat = setup.teacher.apply(teacher_vars, x, train=False)
+    return (jax.lax.stop_gradient(task.kd_target(out)),
             jax.lax.stop_gradient(feat.astype(jnp.float32)))
   return prologue
 
 
 def make_supernet_loss(student, space: SearchSpace, setup: DistillSetup) -> Callable:
   """Loss of ONE subnet: loss_fn(params, batch_stats, aux, batch, genome (G,), target, use_target,
-  rng) -> (L_i, (batch_stats, metrics, logits)).
+  rng) -> (L_i, (batch_stats, metrics, kd_target)).
 
   params = {"student", ["proj_spatial", "proj_frequency"]}; batch_stats likewise (projectors
-  carry BatchNorm). aux = (teacher logits, teacher feature) from `make_teacher_prologue` or None.
-  target/use_target: the step's first (largest) subnet logits for in-place KD (sandwich rule).
+  carry BatchNorm). aux = (teacher output, teacher feature) from `make_teacher_prologue` or None;
+  the teacher output is the task's KD target (logits; depth map; segmentation logits).
+  target/use_target: the step's first (largest) subnet's KD target for in-place KD (sandwich).
+  The task (setup.task) supplies the supervised loss ("CE" below) and the KD form.
   """
   s = setup
+  task = _task(setup)
   has_teacher = s.teacher is not None or s.from_store
   use_feat = has_teacher and (s.alpha_spatial > 0 or s.alpha_frequency > 0)
   use_teacher_kd = has_teacher and s.kd_ratio > 0
 
   def loss_fn(params, batch_stats, aux, batch, genome, target, use_target, rng):
-    images, labels = batch["image"], batch["label"]
+    images = batch["image"]
     if s.compute_dtype is not None:
       params, images = cast_floats(params, s.compute_dtype), images.astype(s.compute_dtype)
     t_logits, t_feat = aux if aux is not None else (None, None)
     bs = dict(batch_stats)
     masks = genome_to_masks(space, genome)
-    (logits, feats), upd = student.apply(
+    out, upd = student.apply(
         {"params": params["student"], "batch_stats": bs["student"]}, images, masks,
         train=True, return_features=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+    out, feats = _split_features(out)
     bs["student"] = upd["batch_stats"]
-    logits = logits.astype(jnp.float32)
-    ce = cross_entropy(logits, labels)
+    ce, task_metrics = task.task_loss(out, batch)
     zero = jnp.zeros(())
     # Output KD target: the teacher, or (sandwich, not the first subnet) the largest subnet.
-    teacher_kd = distill.kd_kl(logits, t_logits, s.temperature) if use_teacher_kd else zero
+    teacher_kd = task.kd_loss(out, t_logits, s.temperature) if use_teacher_kd else zero
     if s.inplace_kd:
-      inplace = distill.kd_kl(logits, jax.lax.stop_gradient(target), s.temperature)
+      inplace = task.kd_loss(out, jax.lax.stop_gradient(target), s.temperature)
       kd = jnp.where(use_target > 0, inplace, teacher_kd)
       lam = jnp.where(use_target > 0, s.inplace_kd_ratio, s.kd_ratio if use_teacher_kd else 0.0)
     else:
@@ -137,7 +158,6 @@ def make_supernet_loss(student, space: SearchSpace, setup: DistillSetup) -> Call
     else:
       total, _ = distill.ddkd_total(ce, kd, spat, freq, kd_ratio=lam, alpha_spatial=a1,
                                     alpha_frequency=a2)
-    metrics = {"ce": ce, "kd": kd, "spatial": spat, "frequency": freq,
-               "train_acc": jnp.mean(jnp.argmax(logits, -1) == labels)}
-    return total, (bs, metrics, logits)
+    metrics = {**task_metrics, "kd": kd, "spatial": spat, "frequency": freq}
+    return total, (bs, metrics, task.kd_target(out))
   return loss_fn

@@ -84,6 +84,30 @@ def evaluate(eval_step, variables, data_cfg, split, batch_size, space, arch,
   return correct / max(total, 1.0)
 
 
+def make_task_eval_step(model, task):
+  """Jitted (variables, batch, masks) -> the task's per-batch metric sums (`tasks.eval_stats`)."""
+  @jax.jit
+  def step(variables, batch, masks):
+    return task.eval_stats(model.apply(variables, batch["image"], masks), batch)
+  return step
+
+
+def evaluate_task(step, variables, batches, space, arch, task, bn_step=None,
+                  calib_batches=()) -> dict:
+  """The task's metrics (`task.finalize`: accuracy / depth metrics / mIoU, plus "error") of one
+  subnet in masked mode over `batches` (dicts with "image", the targets and "mask"), after
+  per-subnet BatchNorm recalibration on `calib_batches` (images)."""
+  from evonas_jax.tasks import sum_stats
+  masks = arch_masks(space, arch)
+  if bn_step is not None and len(calib_batches):
+    variables = recalibrate_bn(bn_step, variables, calib_batches, masks)
+  stats = None
+  for batch in batches:
+    b = {k: v for k, v in batch.items() if k != "index"}
+    stats = sum_stats(stats, step(variables, b, masks))
+  return task.finalize(jax.device_get(stats))
+
+
 def save_params(path: str, variables) -> None:
   """Final supernet variables as an orbax checkpoint (restore with orbax StandardCheckpointer)."""
   import orbax.checkpoint as ocp
@@ -93,16 +117,19 @@ def save_params(path: str, variables) -> None:
 
 
 def print_summary(results: dict, workdir: str) -> None:
-  print("\n subnet    | val acc | test acc |    MACs    | params")
-  print("-----------+---------+----------+------------+--------")
+  m = results.get("metric", "acc")
+  print(f"\n subnet    | val {m:<7} | test {m:<7} |    MACs    | params")
+  print("-----------+-------------+--------------+------------+--------")
   for n, r in results["subnets"].items():
-    print(f" {n:<9} | {r['val_acc']:.4f}  | {r['test_acc']:.4f}   | {r['macs'] / 1e6:8.2f} M "
+    test = r.get(f"test_{m}")
+    test = f"{test:.4f}" if test is not None else "  -   "
+    print(f" {n:<9} | {r[f'val_{m}']:.4f}      | {test}       | {r['macs'] / 1e6:8.2f} M "
           f"| {r['params'] / 1e6:.3f} M")
   print(f"\n{results['steps']} steps in {results['wall_seconds']:.0f} s; outputs in {workdir}")
 
 
-def plot_metrics(rows: list[dict], path: str) -> None:
-  """Training loss and validation accuracy curves."""
+def plot_metrics(rows: list[dict], path: str, metric: str = "acc") -> None:
+  """Training loss and validation metric curves (metric: "acc", "abs_rel", "miou")."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -111,9 +138,9 @@ def plot_metrics(rows: list[dict], path: str) -> None:
   a1.plot([r["step"] for r in tr], [r["loss"] for r in tr])
   a1.set(xlabel="step", ylabel="train loss (mean over sampled subnets)", yscale="log")
   for n in ("largest", "smallest"):
-    ev = [r for r in rows if f"val_acc_{n}" in r]
-    a2.plot([r["step"] for r in ev], [r[f"val_acc_{n}"] for r in ev], marker="o", label=n)
-  a2.set(xlabel="step", ylabel="validation accuracy")
+    ev = [r for r in rows if f"val_{metric}_{n}" in r]
+    a2.plot([r["step"] for r in ev], [r[f"val_{metric}_{n}"] for r in ev], marker="o", label=n)
+  a2.set(xlabel="step", ylabel=f"validation {metric}")
   a2.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)

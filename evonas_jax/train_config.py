@@ -33,6 +33,9 @@ def _nonneg(c, field: str) -> None:
 
 def validate_train_config(c) -> None:
   """Raises ValueError naming the first bad field of a `train` config."""
+  from evonas_jax.task_runtime import TASK_NAMES
+  _need(c.get("task", "classification") in TASK_NAMES, "task", f"one of {TASK_NAMES}",
+        c.get("task"))
   _need(c.space in SPACES, "space", f"one of {SPACES}", c.space)
   _need(c.preset in PRESETS, "preset", f"one of {PRESETS}", c.preset)
   for f in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every",
@@ -83,6 +86,11 @@ def default_config():
   c.seed = 0
   c.space = "evonas"            # "evonas" (official 28 genes) | "hybrid" (+ block-type genes)
   c.preset = "tiny"             # widths: "tiny" 16/32/64/128, "small", "base" (official)
+  # "classification" (config.data: evonas_jax.data) | "depth" | "segmentation" (config.data:
+  # evonas_jax.data.dense.dense_config_defaults(name); configs/dense_*.py)
+  c.task = "classification"
+  c.head_cfg = ml_collections.ConfigDict()   # dense heads: DenseEvoNet head_cfg (widths, ...)
+  c.aux_weight = 0.4                         # segmentation: weight of the auxiliary FCN loss
   c.data = data.get_config_defaults()
   c.batch_size = 128            # global batch (divided over the data mesh)
   c.eval_batch_size = 500

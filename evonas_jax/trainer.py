@@ -21,20 +21,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evonas_jax import data as data_lib
 from evonas_jax import parallel
 from evonas_jax.checkpoint import TrainCheckpointer, abstract_like, load_pytree, save_pytree
 from evonas_jax.loop import LoopSpec, run_loop
-from evonas_jax.nn import init_supernet
 from evonas_jax.nn.cost import arch_cost
-from evonas_jax.nn.supernet import EvoNet, supernet_spec
 from evonas_jax.pst import PSTSchedule, sample_step_genomes
 from evonas_jax.space import get_space
 from evonas_jax.steps import ShardedTrainStep
 from evonas_jax.supernet_loss import (DistillSetup, make_supernet_loss, make_teacher_loss,
                                       make_teacher_prologue)
-from evonas_jax.supernet_train import (evaluate, make_bn_step, make_eval_step, make_optimizer,
-                                       plot_metrics, print_summary)
+from evonas_jax.supernet_train import (evaluate_task, make_bn_step, make_optimizer,
+                                       make_task_eval_step, plot_metrics, print_summary)
+from evonas_jax.task_runtime import make_runtime
 from evonas_jax.train_config import validate_train_config
 from evonas_jax.workdir import MetricWriter, open_workdir
 
@@ -54,17 +52,17 @@ def _iter_state_for_this_process(state: dict) -> dict:
   return st
 
 
-def _train_iterator(config, mesh, seed, return_index=False):
+def _train_iterator(config, mesh, seed, return_index=False, rt=None):
   """Per-host shard of the global batch ("per_host") or every host reading the global batch and
   keeping its rows ("global_slice": bitwise the single-process batch, for small data)."""
+  it = (rt or make_runtime(config)).train_iterator
   if config.parallel.data_sharding == "per_host" and jax.process_count() > 1:
-    return data_lib.train_iterator(config.data, config.batch_size // jax.process_count(),
-                                   seed=seed, process_index=jax.process_index(),
-                                   process_count=jax.process_count(),
-                                   return_index=return_index), "per_host"
+    return it(config.data, config.batch_size // jax.process_count(), seed,
+              process_index=jax.process_index(), process_count=jax.process_count(),
+              return_index=return_index), "per_host"
   # Explicit process 0 of 1: the data API defaults to this JAX process's shard.
-  return data_lib.train_iterator(config.data, config.batch_size, seed=seed, process_index=0,
-                                 process_count=1, return_index=return_index), "global_slice"
+  return it(config.data, config.batch_size, seed, process_index=0, process_count=1,
+            return_index=return_index), "global_slice"
 
 
 def _restore(ckpt, state, train_iter):
@@ -80,13 +78,13 @@ def _restore(ckpt, state, train_iter):
 
 
 # --------------------------------------------------------------------------------------- teacher
-def train_teacher(config, workdir, mesh, info, writer):
+def train_teacher(config, workdir, mesh, info, writer, rt=None):
   """Teacher stage. Returns (teacher module, frozen variables) or (None, None)."""
   tc = config.teacher
   if tc.source in ("none", "store"):
     return None, None
-  from evonas_jax.nn.teacher import teacher_from_config
-  teacher = teacher_from_config(tc.model, info.num_classes)
+  rt = rt or make_runtime(config)
+  teacher = rt.teacher(tc.model)
   x0 = jnp.zeros((1, *info.image_shape), jnp.float32)
   init = jax.jit(functools.partial(teacher.init, train=False))(jax.random.key(config.seed + 7), x0)
   if tc.source == "checkpoint":
@@ -104,20 +102,21 @@ def train_teacher(config, workdir, mesh, info, writer):
   tx, sched = make_optimizer(tc.optimizer, tc.num_steps)
   state = parallel.replicate(mesh, {"params": init["params"], "batch_stats": {},
                                     "opt_state": tx.init(init["params"])})
-  step_fn = ShardedTrainStep(make_teacher_loss(teacher, _dtype(config.compute_dtype)), tx, mesh,
-                             num_classes=info.num_classes)
-  train_iter, mode = _train_iterator(config, mesh, config.seed + 11)
+  step_fn = ShardedTrainStep(make_teacher_loss(teacher, _dtype(config.compute_dtype), rt.task), tx,
+                             mesh, target_shape=rt.target_shape)
+  train_iter, mode = _train_iterator(config, mesh, config.seed + 11, rt=rt)
   ckpt = TrainCheckpointer(os.path.join(tdir, "checkpoints"), keep=config.keep_checkpoints)
   state, start, _ = _restore(ckpt, state, train_iter)
-  eval_step = jax.jit(lambda v, x, y, m: ((jnp.argmax(teacher.apply(v, x)[0], -1) == y) * m).sum())
+  eval_step = jax.jit(lambda v, b: rt.task.eval_stats(teacher.apply(v, b["image"])[0], b))
+  key = f"val_{rt.metric_short}"
 
   def eval_fn(st, step):
+    from evonas_jax.tasks import sum_stats
     v = {"params": parallel.to_host(st["params"])}
-    correct = total = 0.0
-    for b in data_lib.eval_iterator(config.data, "validation", config.eval_batch_size):
-      correct += float(eval_step(v, b["image"], b["label"], b["mask"]))
-      total += float(b["mask"].sum())
-    return {"val_acc": correct / max(total, 1)}
+    stats = None
+    for b in rt.eval_iterator(config.data, "validation", config.eval_batch_size):
+      stats = sum_stats(stats, eval_step(v, {k: x for k, x in b.items() if k != "index"}))
+    return {key: rt.task.finalize(jax.device_get(stats))[rt.metric]}
 
   spec = LoopSpec("teacher", tc.num_steps, config.batch_size, config.log_every,
                   tc.eval_every, config.checkpoint_every,
@@ -131,10 +130,10 @@ def train_teacher(config, workdir, mesh, info, writer):
                    meta_fn=lambda s: {"step": s, "data_iterator": train_iter.get_state()},
                    writer=tw, eval_fn=eval_fn)
   ckpt.close()
-  acc = eval_fn(state, tc.num_steps)["val_acc"]
+  acc = eval_fn(state, tc.num_steps)[key]
   if jax.process_index() == 0:
-    writer.write(tc.num_steps, teacher_final_val_acc=acc)
-  print(f"[evonas_jax] teacher done: validation accuracy {acc:.4f}", flush=True)
+    writer.write(tc.num_steps, **{f"teacher_final_{key}": acc})
+  print(f"[evonas_jax] teacher done: validation {rt.metric} {acc:.4f}", flush=True)
   variables = {"params": state["params"]}
   save_pytree(final, variables)
   return teacher, variables
@@ -164,10 +163,10 @@ def open_teacher_store(config):
   return store
 
 
-def build_supernet_state(config, space, info, teacher, teacher_vars, rng, store=None):
+def build_supernet_state(config, space, info, teacher, teacher_vars, rng, store=None, rt=None):
   """Student (+ projector) modules and the initial variables (before replication)."""
-  _, student_vars = init_supernet(space, info.num_classes, rng, info.image_shape,
-                                  drop_path_rate=config.drop_path_rate)
+  rt = rt or make_runtime(config)
+  student_vars = rt.init_student(space, rng, config.drop_path_rate)
   params = {"student": student_vars["params"]}
   batch_stats = {"student": student_vars["batch_stats"]}
   projector = None
@@ -181,9 +180,10 @@ def build_supernet_state(config, space, info, teacher, teacher_vars, rng, store=
     else:
       _, t_feat = jax.eval_shape(functools.partial(teacher.apply, train=False),
                                  jax.device_get(teacher_vars), x0)
-    student_shell = EvoNet(supernet_spec(space), info.num_classes)
-    _, feats = jax.eval_shape(functools.partial(student_shell.apply, return_features=True),
-                              student_vars, x0)
+    student_shell = rt.student(space)
+    out = jax.eval_shape(functools.partial(student_shell.apply, return_features=True),
+                         student_vars, x0)
+    feats = out["features"] if isinstance(out, dict) else out[1]
     f = feats[d.student_stage]
     if f.shape[1] * f.shape[2] == 1 and d.alpha_frequency > 0:
       # With one student token the cross-attention projector outputs the same vector at every
@@ -212,15 +212,16 @@ def build_supernet_state(config, space, info, teacher, teacher_vars, rng, store=
 
 
 def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, mesh, rng,
-                          verbose=False, tx=None, store=None):
+                          verbose=False, tx=None, store=None, rt=None):
   """(step_fn, replicated initial state, lr schedule) of the supernet stage on `mesh`.
 
   tx: an optax transformation replacing the config's AdamW (tests use plain SGD: Adam turns
   the float noise of mathematically-zero gradients into +-lr steps).
   """
+  rt = rt or make_runtime(config)
   rng, init_rng = jax.random.split(rng)
   projector, params, batch_stats = build_supernet_state(config, space, info, teacher,
-                                                        teacher_vars, init_rng, store)
+                                                        teacher_vars, init_rng, store, rt)
   if config.init_from:
     src = load_pytree(config.init_from)
     params["student"] = _match(src["params"], params["student"], "params", config.init_from)
@@ -237,8 +238,7 @@ def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, 
   tx = tx or cfg_tx
   state = parallel.replicate(mesh, {"params": params, "batch_stats": batch_stats,
                                     "opt_state": tx.init(params)})
-  student = EvoNet(supernet_spec(space, config.drop_path_rate), info.num_classes,
-                   bn_axis_name=parallel.DATA_AXIS)
+  student = rt.student(space, config.drop_path_rate, bn_axis_name=parallel.DATA_AXIS)
   d = config.distill
   has_teacher = teacher is not None or store is not None
   setup = DistillSetup(teacher=teacher, from_store=store is not None, projector=projector,
@@ -248,9 +248,9 @@ def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, 
                        temperature=d.temperature, reduction=d.reduction,
                        inplace_kd=config.sampling.rule == "sandwich" and config.sampling.inplace_kd,
                        inplace_kd_ratio=config.sampling.inplace_kd_ratio,
-                       compute_dtype=_dtype(config.compute_dtype))
+                       compute_dtype=_dtype(config.compute_dtype), task=rt.task)
   step_fn = ShardedTrainStep(make_supernet_loss(student, space, setup), tx, mesh,
-                             prologue_fn=make_teacher_prologue(setup), num_classes=info.num_classes)
+                             prologue_fn=make_teacher_prologue(setup), target_shape=rt.target_shape)
   return step_fn, state, sched
 
 
@@ -262,17 +262,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir = open_workdir(workdir, config) if is_main else os.path.abspath(workdir)
   writer = MetricWriter(workdir)
   space = get_space(config.space, config.preset)
-  info = data_lib.dataset_info(config.data)
+  rt = make_runtime(config)
+  info = rt.info
   mesh = parallel.make_data_mesh(config.parallel.num_devices)
   if info.fallback_used:
     log.warning("Training on the fallback dataset %s, not %s.", info.name, config.data.source)
-  print(f"[evonas_jax] data: {info.name} ({info.num_classes} classes, image {info.image_shape}, "
+  print(f"[evonas_jax] task {rt.name}; data: {info.name} ({info.num_classes} classes, image "
+        f"{info.image_shape}, "
         f"splits {info.split_sizes}); mesh: {mesh.devices.size} x {mesh.devices.flat[0].platform} "
         f"devices over {jax.process_count()} process(es)", flush=True)
   print(f"[evonas_jax] space: {space.name}/{space.preset}, {space.genome_length} genes, "
         f"{space.size():.3e} subnets", flush=True)
 
-  teacher, teacher_vars = train_teacher(config, workdir, mesh, info, writer)
+  teacher, teacher_vars = train_teacher(config, workdir, mesh, info, writer, rt)
 
   # ---- supernet stage
   schedule = PSTSchedule(config.num_steps, enabled=config.pst.enabled, k_max=config.pst.k_max,
@@ -283,19 +285,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rng = jax.random.key(config.seed)
   store = open_teacher_store(config)
   step_fn, state, sched = make_supernet_trainer(config, space, info, schedule, teacher,
-                                                teacher_vars, mesh, rng, verbose=True, store=store)
-  train_iter, mode = _train_iterator(config, mesh, config.seed, return_index=store is not None)
+                                                teacher_vars, mesh, rng, verbose=True, store=store,
+                                                rt=rt)
+  train_iter, mode = _train_iterator(config, mesh, config.seed, return_index=store is not None,
+                                     rt=rt)
   ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   state, start, _ = _restore(ckpt, state, train_iter)
 
-  eval_model = EvoNet(supernet_spec(space), info.num_classes)
-  eval_step, bn_step = make_eval_step(eval_model), make_bn_step(eval_model)
-  calib_iter = data_lib.train_iterator(config.data, config.eval_batch_size, seed=config.seed + 1,
-                                       process_index=0, process_count=1)
+  eval_model = rt.student(space)
+  eval_step, bn_step = make_task_eval_step(eval_model, rt.task), make_bn_step(eval_model)
+  calib_iter = rt.train_iterator(config.data, config.eval_batch_size, config.seed + 1,
+                                 process_index=0, process_count=1)
   calib = [next(calib_iter)["image"] for _ in range(config.bn_calibration_batches)]
-  ev = functools.partial(evaluate, eval_step, data_cfg=config.data,
-                         batch_size=config.eval_batch_size, space=space, bn_step=bn_step,
-                         calib_batches=calib)
+  metric, short = rt.metric, rt.metric_short
+
+  def ev(variables, split, arch, full=False):
+    r = evaluate_task(eval_step, variables,
+                      rt.eval_iterator(config.data, split, config.eval_batch_size), space, arch,
+                      rt.task, bn_step=bn_step, calib_batches=calib)
+    return r if full else r[metric]
   largest, smallest = space.largest(), space.smallest()
 
   def student_vars(st):
@@ -304,7 +312,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def eval_fn(st, step):
     v = student_vars(st)
-    return {f"val_acc_{n}": ev(v, split="validation", arch=a)
+    return {f"val_{short}_{n}": ev(v, split="validation", arch=a)
             for n, a in (("largest", largest), ("smallest", smallest))}
 
   def describe(step):
@@ -331,18 +339,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   variables = student_vars(state)
   results = {"steps": config.num_steps, "dataset": info.name,
              "fallback_used": info.fallback_used, "devices": int(mesh.devices.size),
-             "processes": jax.process_count(), "teacher": config.teacher.source, "subnets": {}}
+             "processes": jax.process_count(), "teacher": config.teacher.source,
+             "task": rt.name, "metric": short, "subnets": {}}
   if teacher is not None:
-    rows = [r for r in writer.read() if "teacher_final_val_acc" in r]
+    rows = [r for r in writer.read() if f"teacher_final_val_{short}" in r]
     if rows:
-      results["teacher_val_acc"] = rows[-1]["teacher_final_val_acc"]
+      results[f"teacher_val_{short}"] = rows[-1][f"teacher_final_val_{short}"]
   for name, arch in (("largest", largest), ("smallest", smallest)):
-    cost = arch_cost(space, arch, info.image_shape, info.num_classes)
-    results["subnets"][name] = {
-        "arch": arch.to_dict(), "genome": space.encode(arch).tolist(),
-        "val_acc": ev(variables, split="validation", arch=arch),
-        "test_acc": ev(variables, split="test", arch=arch),
-        "macs": cost.macs, "params": cost.params}
+    cost = _subnet_cost(rt, space, arch, variables)
+    val = ev(variables, "validation", arch, full=True)
+    r = {"arch": arch.to_dict(), "genome": space.encode(arch).tolist(),
+         f"val_{short}": val[metric], "macs": cost["macs"], "params": cost["params"]}
+    if rt.dense:
+      r["val_metrics"] = val
+    if rt.has_split("test"):
+      r[f"test_{short}"] = ev(variables, "test", arch)
+    results["subnets"][name] = r
   rows = [r for r in writer.read() if "images_per_s" in r and "loss" in r]
   if rows:
     results["images_per_s_median"] = float(np.median([r["images_per_s"] for r in rows]))
@@ -350,7 +362,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final = os.path.join(workdir, "final")
   if is_main:
     writer.write(config.num_steps, **{f"{k}_{n}": v[k] for n, v in results["subnets"].items()
-                                      for k in ("val_acc", "test_acc")})
+                                      for k in (f"val_{short}", f"test_{short}") if k in v})
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("evonas_jax final check")
@@ -362,9 +374,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if is_main:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
-    plot_metrics(writer.read(), os.path.join(workdir, "metrics.png"))
+    plot_metrics(writer.read(), os.path.join(workdir, "metrics.png"), short)
     print_summary(results, workdir)
   return results
+
+
+def _subnet_cost(rt, space, arch, variables) -> dict:
+  """{"macs", "params"} of the standalone subnet: analytic for classification; for a dense model
+  from XLA's cost analysis of the sliced network (backbone + decoder)."""
+  if not rt.dense:
+    c = arch_cost(space, arch, rt.info.image_shape, rt.info.num_classes)
+    return {"macs": int(c.macs), "params": int(c.params)}
+  from evonas_jax.nn.dense import dense_cost, extract_dense_subnet
+  from evonas_jax.nn.supernet import subnet_spec
+  sub = rt.student(space, spec=subnet_spec(space, arch))
+  c = dense_cost(sub, extract_dense_subnet(variables, space, arch), rt.info.image_shape)
+  return {"macs": int(c["macs"]), "params": int(c["params"])}
 
 
 def add_store_outputs(store, batch: dict) -> dict:

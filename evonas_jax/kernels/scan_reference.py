@@ -65,6 +65,12 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
           jnp.moveaxis(B.astype(F32), -1, 0),
           jnp.moveaxis(C.astype(F32), -1, 0))
     h0 = jnp.zeros((b, g, dpg, n), F32)
+    # Inside shard_map (check_vma) the carry must vary over the same mesh axes as the inputs it
+    # is combined with, else lax.scan rejects the carry type change.
+    from evonas_jax.parallel import varying_axes
+    vma = frozenset().union(*(varying_axes(t) for t in (delta, u32, B, C, A4)))
+    if vma:
+        h0 = jax.lax.pcast(h0, tuple(sorted(vma)), to="varying")
     h_last, ys = jax.lax.scan(step, h0, xs, unroll=unroll)
     y = jnp.moveaxis(ys, 0, -1).reshape(b, d, l)
     if D is not None:

@@ -197,3 +197,60 @@ def teacher_from_config(cfg: Mapping | ml_collections.ConfigDict, num_classes: i
   f["num_classes"] = num_classes
   _validate(f)
   return ViTTeacher(**f)
+
+
+class DenseViTTeacher(nn.Module):
+  """images (B, H, W, C) -> (out, feature): a ViT teacher for dense prediction.
+
+  The ViT (`ViTTeacher` fields) gives the patch-token map `feature` (B, H/p, W/p, dim) of block
+  `feature_layer` (the map CA-DDKD distils towards, research §3.2); a linear per-token head
+  (LayerNorm, Dense to p*p*c) unpatchifies it to full resolution (the "linear decoder" of
+  SETR/Segmenter-style ViTs: the teacher stays a plain ViT).
+  out: task "depth": {"depth": (B, H, W)} = sigmoid * max_depth (as the student's head);
+       task "segmentation": {"logits": (B, H, W, num_classes)}.
+  """
+  task: str
+  num_classes: int = 0
+  max_depth: float = 10.0
+  patch_size: int = 4
+  dim: int = 192
+  depth: int = 6
+  heads: int = 3
+  mlp_ratio: float = 4.0
+  feature_layer: int = -1
+  dropout: float = 0.0
+  stem: str = "patch"
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    if self.task not in DENSE_TASKS:
+      raise ValueError(f"DenseViTTeacher.task={self.task!r} is invalid; allowed: {DENSE_TASKS}")
+    if self.task == "segmentation" and self.num_classes < 1:
+      raise ValueError("DenseViTTeacher: segmentation needs num_classes >= 1")
+    vit = ViTTeacher(num_classes=1, patch_size=self.patch_size, dim=self.dim, depth=self.depth,
+                     heads=self.heads, mlp_ratio=self.mlp_ratio, feature_layer=self.feature_layer,
+                     pool="mean", dropout=self.dropout, stem=self.stem, name="vit")
+    _, feature = vit(images, train)
+    b, ht, wt, _ = feature.shape
+    p = self.patch_size
+    c = 1 if self.task == "depth" else self.num_classes
+    y = Dense(p * p * c, name="dense_head")(nn.LayerNorm(epsilon=1e-6, name="head_norm")(feature))
+    y = y.reshape(b, ht, wt, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, ht * p, wt * p, c)
+    if self.task == "depth":
+      out = {"depth": jax.nn.sigmoid(y[..., 0].astype(jnp.float32)) * self.max_depth}
+    else:
+      out = {"logits": y}
+    return out, feature
+
+
+DENSE_TASKS = ("depth", "segmentation")
+
+
+def dense_teacher_from_config(cfg, task: str, num_classes: int, max_depth: float) -> DenseViTTeacher:
+  """A DenseViTTeacher from a `teacher.model` config (same fields as `teacher_from_config`; `pool`
+  is ignored: the dense head reads every token). Errors name the field and the allowed values."""
+  m = teacher_from_config(cfg, max(num_classes, 1))
+  return DenseViTTeacher(task=task, num_classes=num_classes, max_depth=float(max_depth),
+                         patch_size=m.patch_size, dim=m.dim, depth=m.depth, heads=m.heads,
+                         mlp_ratio=m.mlp_ratio, feature_layer=m.feature_layer, dropout=m.dropout,
+                         stem=m.stem)
