@@ -55,23 +55,26 @@ class EvalData:
 
   calib:  f32 (n_calib, Bc, H, W, C)  BatchNorm calibration batches (train split, augmented).
   images: f32 (n_eval, B, H, W, C)    evaluation batches.
-  labels: i32 (n_eval, B)
+  labels: (n_eval, B, ...)            the task's targets, batch key `target_key`: class labels
+                                      i32 (n_eval, B); depth f32 (n_eval, B, H, W); label maps
+                                      i32 (n_eval, B, H, W)
   mask:   f32 (n_eval, B)             0 marks padding in the last batch.
   """
   calib: np.ndarray
   images: np.ndarray
   labels: np.ndarray
   mask: np.ndarray
+  target_key: str = "label"
 
   def __post_init__(self):
     self.calib = np.asarray(self.calib, np.float32)
     self.images = np.asarray(self.images, np.float32)
-    self.labels = np.asarray(self.labels, np.int32)
+    self.labels = np.asarray(self.labels, np.int32 if self.target_key == "label" else np.float32)
     self.mask = np.asarray(self.mask, np.float32)
     if self.calib.ndim != 5 or self.images.ndim != 5:
       raise ValueError(f"EvalData: calib {self.calib.shape} and images {self.images.shape} must be "
                        "(num_batches, batch, H, W, C)")
-    if self.labels.shape != self.images.shape[:2] or self.mask.shape != self.images.shape[:2]:
+    if self.labels.shape[:2] != self.images.shape[:2] or self.mask.shape != self.images.shape[:2]:
       raise ValueError(f"EvalData: labels {self.labels.shape} / mask {self.mask.shape} must be "
                        f"{self.images.shape[:2]}")
 
@@ -82,23 +85,29 @@ class EvalData:
 
 def load_eval_data(data_cfg, *, split: str = "validation", num_eval_batches: int | None = None,
                    eval_batch_size: int = 500, calib_batches: int = 4,
-                   calib_batch_size: int = 128, seed: int = 0) -> EvalData:
+                   calib_batch_size: int = 128, seed: int = 0, rt=None) -> EvalData:
   """Reads the first `num_eval_batches` batches of `split` (None or 0: all) and `calib_batches`
-  augmented train batches (seeded) into host memory."""
-  from evonas_jax import data as data_lib
+  augmented train batches (seeded) into host memory. rt: a `task_runtime.TaskRuntime` for
+  dense tasks (default: classification data)."""
+  if rt is None:
+    from evonas_jax import data as data_lib
+    eval_it, train_it, key = data_lib.eval_iterator, data_lib.train_iterator, "label"
+  else:
+    eval_it, key = rt.eval_iterator, ("depth" if rt.name == "depth" else "label")
+    train_it = lambda cfg, bs, seed: rt.train_iterator(cfg, bs, seed, 0, 1)
   if split not in ALLOWED_SPLITS:
     raise ValueError(f"split={split!r} is not allowed for search fitness: choose one of "
                      f"{ALLOWED_SPLITS} (the test split is reserved for the final report)")
   if calib_batches < 1:
     raise ValueError(f"calib_batches must be >= 1, got {calib_batches}")
   imgs, labels, mask = [], [], []
-  for i, b in enumerate(data_lib.eval_iterator(data_cfg, split, eval_batch_size)):
+  for i, b in enumerate(eval_it(data_cfg, split, eval_batch_size)):
     if num_eval_batches and i >= num_eval_batches:
       break
-    imgs.append(b["image"]), labels.append(b["label"]), mask.append(b["mask"])
-  it = data_lib.train_iterator(data_cfg, calib_batch_size, seed=seed)
+    imgs.append(b["image"]), labels.append(b[key]), mask.append(b["mask"])
+  it = train_it(data_cfg, calib_batch_size, seed=seed)
   calib = [next(it)["image"] for _ in range(calib_batches)]
-  return EvalData(np.stack(calib), np.stack(imgs), np.stack(labels), np.stack(mask))
+  return EvalData(np.stack(calib), np.stack(imgs), np.stack(labels), np.stack(mask), key)
 
 
 def candidate_correct(model, space: SearchSpace, variables, genome, calib, images, labels, mask):
@@ -127,36 +136,85 @@ def candidate_correct(model, space: SearchSpace, variables, genome, calib, image
   return correct, jnp.sum(mask)
 
 
+def candidate_stats(model, space: SearchSpace, task, target_key: str, variables, genome, calib,
+                    images, targets, mask):
+  """The task's metric sums (`tasks.eval_stats`) of one candidate on all eval batches, after BN
+  recalibration: the generalisation of `candidate_correct` to any task (depth, segmentation).
+  Pure and vmappable over `genome`."""
+  masks = genome_to_masks(space, genome)
+
+  def calib_step(bs, im):
+    _, upd = model.apply({**variables, "batch_stats": bs}, im, masks, train=True,
+                         mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    return upd["batch_stats"], None
+
+  bs, _ = jax.lax.scan(calib_step, variables["batch_stats"], calib)
+  v = {**variables, "batch_stats": bs}
+
+  def stats_of(im, tg, mk):
+    return task.eval_stats(model.apply(v, im, masks), {"image": im, target_key: tg, "mask": mk})
+
+  zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                      jax.eval_shape(stats_of, images[0], targets[0], mask[0]))
+
+  def eval_step(carry, batch):
+    return jax.tree.map(jnp.add, carry, stats_of(*batch)), None
+
+  stats, _ = jax.lax.scan(eval_step, zero, (images, targets, mask))
+  return stats
+
+
+def _candidate_fn(model, space, task, target_key):
+  """Classification keeps its (correct, total) kernel; other tasks return metric sums."""
+  if task is None:
+    return functools.partial(candidate_correct, model, space)
+  return functools.partial(candidate_stats, model, space, task, target_key)
+
+
 @functools.lru_cache(maxsize=64)
-def _group_fn(model, space: SearchSpace, mesh):
+def _group_fn(model, space: SearchSpace, mesh, task=None, target_key="label"):
   """The compiled group evaluation for one sub-mesh (memoised: linen modules, spaces and meshes
   hash by value, so evaluators rebuilt in one process, e.g. a resumed search, reuse compiles).
 
   (variables, genomes (g, G) sharded over "candidate", calib, images, labels, mask)
     -> (correct (g,), total (g,)).
   """
-  one = functools.partial(candidate_correct, model, space)
+  one = _candidate_fn(model, space, task, target_key)
   batched = jax.vmap(one, in_axes=(None, 0, None, None, None, None))
   spec_c = P(parallel_pool.CANDIDATE_AXIS)
   # check_vma=False: the scan carries start replicated (supernet BN stats, a zero count) and
   # become candidate-varying inside the body; the per-device program is what we want.
   fn = jax.shard_map(batched, mesh=mesh, in_specs=(P(), spec_c, P(), P(), P(), P()),
-                     out_specs=(spec_c, spec_c), check_vma=False)
+                     out_specs=spec_c if task is not None else (spec_c, spec_c), check_vma=False)
   return jax.jit(fn)
 
 
 @functools.lru_cache(maxsize=16)
-def _data_parallel_fn(model, space: SearchSpace, mesh):
+def _data_parallel_fn(model, space: SearchSpace, mesh, task=None, target_key="label"):
   rep = NamedSharding(mesh, P())
-  return jax.jit(functools.partial(candidate_correct, model, space), out_shardings=(rep, rep))
+  return jax.jit(_candidate_fn(model, space, task, target_key),
+                 out_shardings=rep if task is not None else (rep, rep))
+
+
+def _scores(task, metric, out) -> np.ndarray:
+  """Per-candidate score from a compiled call's output: accuracy (classification) or the task's
+  main metric (`task.finalize(stats)[metric]`) of each candidate's stats (leading axis)."""
+  if task is None:
+    correct, total = out
+    return np.asarray(correct) / np.maximum(np.asarray(total), 1.0)
+  out = jax.device_get(out)
+  n = len(jax.tree.leaves(out)[0])
+  return np.array([task.finalize(jax.tree.map(lambda a: a[i], out))[metric] for i in range(n)])
 
 
 class _CachedEvaluator:
   """Shared front end: validation, dedup against `cache` and within the call, stats."""
   kind = ""
 
-  def __init__(self, space: SearchSpace, cache: dict | None = None):
+  def __init__(self, space: SearchSpace, cache: dict | None = None, task=None, metric=None):
     self.space = space
+    # task None: classification accuracy; else a tasks object and the finalize() key scored.
+    self.task, self.metric = task, metric
     self.cache: dict[bytes, float] = {} if cache is None else cache
     self.stats = {"requested": 0, "cache_hits": 0, "evaluated": 0, "eval_seconds": 0.0}
 
@@ -203,8 +261,9 @@ class DMMPEEvaluator(_CachedEvaluator):
   kind = "dmmpe"
 
   def __init__(self, model, variables, space, data: EvalData, *, devices=None,
-               devices_per_group: int = 1, group_size: int = 4, cache=None):
-    super().__init__(space, cache)
+               devices_per_group: int = 1, group_size: int = 4, cache=None, task=None,
+               metric=None):
+    super().__init__(space, cache, task, metric)
     self.meshes = parallel_pool.candidate_submeshes(devices, devices_per_group)
     if not isinstance(group_size, (int, np.integer)) or group_size < 1 or group_size % devices_per_group:
       raise ValueError(f"group_size={group_size!r} must be a positive multiple of "
@@ -214,7 +273,7 @@ class DMMPEEvaluator(_CachedEvaluator):
     self.devices_per_group = devices_per_group
     self._fns, self._args = [], []
     for mesh in self.meshes:
-      self._fns.append(_group_fn(model, space, mesh))
+      self._fns.append(_group_fn(model, space, mesh, task, data.target_key))
       # Data and weights go to each sub-mesh once, for every group and generation.
       self._args.append(parallel_pool.replicate(
           (variables, data.calib, data.images, data.labels, data.mask), mesh))
@@ -223,8 +282,7 @@ class DMMPEEvaluator(_CachedEvaluator):
     mesh = self.meshes[m]
     g = jax.device_put(genomes, NamedSharding(mesh, P(parallel_pool.CANDIDATE_AXIS)))
     variables, calib, images, labels, mask = self._args[m]
-    correct, total = self._fns[m](variables, g, calib, images, labels, mask)
-    return np.asarray(correct) / np.maximum(np.asarray(total), 1.0)
+    return _scores(self.task, self.metric, self._fns[m](variables, g, calib, images, labels, mask))
 
   def _groups(self, genomes: np.ndarray) -> list[np.ndarray]:
     out = []
@@ -285,8 +343,9 @@ class DataParallelEvaluator(_CachedEvaluator):
   """Baseline: one candidate at a time, every batch sharded over a ("data",) mesh."""
   kind = "data_parallel"
 
-  def __init__(self, model, variables, space, data: EvalData, *, devices=None, cache=None):
-    super().__init__(space, cache)
+  def __init__(self, model, variables, space, data: EvalData, *, devices=None, cache=None,
+               task=None, metric=None):
+    super().__init__(space, cache, task, metric)
     self.mesh = parallel_pool.data_mesh(devices)
     n = self.mesh.size
     for name, b in (("eval_batch_size", data.images.shape[1]), ("calib batch size", data.calib.shape[1])):
@@ -298,13 +357,14 @@ class DataParallelEvaluator(_CachedEvaluator):
     self._data = (jax.device_put(data.calib, batch), jax.device_put(data.images, batch),
                   jax.device_put(data.labels, batch), jax.device_put(data.mask, batch))
     self._rep = rep
-    self._fn = _data_parallel_fn(model, space, self.mesh)
+    self._fn = _data_parallel_fn(model, space, self.mesh, task, data.target_key)
 
   def _evaluate_unique(self, genomes, progress) -> np.ndarray:
     out = []
     for i, g in enumerate(genomes):
-      correct, total = self._fn(self._variables, jax.device_put(g, self._rep), *self._data)
-      out.append(float(correct) / max(float(total), 1.0))
+      out.append(float(_scores(self.task, self.metric,
+                               jax.tree.map(lambda a: a[None], self._fn(
+                                   self._variables, jax.device_put(g, self._rep), *self._data)))[0]))
       if progress is not None:
         progress(i + 1)
     return np.array(out)
@@ -321,8 +381,11 @@ def make_evaluator(kind: str, model, variables, space: SearchSpace, data_cfg=Non
                    num_eval_batches: int | None = 10, eval_batch_size: int = 500,
                    calib_batches: int = 4, calib_batch_size: int = 128, calib_seed: int = 0,
                    devices: Sequence | None = None, devices_per_group: int = 1,
-                   group_size: int = 4, cache: dict | None = None):
-  """Builds an evaluator with `.evaluate(genomes (N, G)) -> accuracy (N,)` and `.cache`.
+                   group_size: int = 4, cache: dict | None = None, rt=None):
+  """Builds an evaluator with `.evaluate(genomes (N, G)) -> score (N,)` and `.cache`.
+
+  The score is the validation accuracy (classification), or with `rt` (a dense
+  `task_runtime.TaskRuntime`) the task's main metric: AbsRel (depth, lower is better) or mIoU.
 
   kind: "dmmpe" or "data_parallel". data: pre-loaded EvalData (else read from `data_cfg`, `split`
   ("validation" by default; "test" is refused), `num_eval_batches` x `eval_batch_size`, and
@@ -337,8 +400,12 @@ def make_evaluator(kind: str, model, variables, space: SearchSpace, data_cfg=Non
       raise ValueError("make_evaluator needs data_cfg or data")
     data = load_eval_data(data_cfg, split=split, num_eval_batches=num_eval_batches,
                           eval_batch_size=eval_batch_size, calib_batches=calib_batches,
-                          calib_batch_size=calib_batch_size, seed=calib_seed)
+                          calib_batch_size=calib_batch_size, seed=calib_seed,
+                          rt=rt if rt is not None and rt.dense else None)
+  task, metric = (rt.task, rt.metric) if rt is not None and rt.dense else (None, None)
   if kind == "dmmpe":
     return DMMPEEvaluator(model, variables, space, data, devices=devices,
-                          devices_per_group=devices_per_group, group_size=group_size, cache=cache)
-  return DataParallelEvaluator(model, variables, space, data, devices=devices, cache=cache)
+                          devices_per_group=devices_per_group, group_size=group_size, cache=cache,
+                          task=task, metric=metric)
+  return DataParallelEvaluator(model, variables, space, data, devices=devices, cache=cache,
+                               task=task, metric=metric)

@@ -236,7 +236,7 @@ def load_supernet_variables(src: Source):
     return variables, data_lib.dataset_info(src.data_cfg)
   print("[evonas_jax] WARNING: this search used no supernet_workdir; exporting from the same "
         "RANDOMLY INITIALISED supernet (seed from its config). Tests only.", flush=True)
-  _, _, variables, _, info = search_lib.random_supernet(src.search_cfg)
+  _, _, variables, _, info, _ = search_lib.random_supernet(src.search_cfg)
   return jax.device_get(variables), info
 
 

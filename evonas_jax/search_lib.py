@@ -90,10 +90,11 @@ def _devices(num: int):
 
 # --------------------------------------------------------------------------- supernet
 def load_supernet(train_workdir: str):
-  """A trained supernet workdir -> (space, model, variables, data_cfg, info).
+  """A trained supernet workdir -> (space, model, variables, data_cfg, info, rt).
 
-  Reads config.json (space, preset, data) and restores final/ (orbax StandardCheckpointer) onto
-  freshly initialised variables as the abstract target.
+  Reads config.json (task, space, preset, data) and restores final/ (orbax StandardCheckpointer)
+  onto freshly initialised variables as the abstract target. rt: the run's
+  `task_runtime.TaskRuntime` (classification, depth or segmentation).
   """
   import orbax.checkpoint as ocp
   from evonas_jax import data as data_lib
@@ -106,13 +107,29 @@ def load_supernet(train_workdir: str):
   with open(cfg_path) as f:
     tcfg = json.load(f)
   space = get_space(tcfg["space"], tcfg["preset"])
-  data_cfg = data_lib.get_config_defaults()
-  data_cfg.update(tcfg["data"])
-  info = data_lib.dataset_info(data_cfg)
-  model, variables = init_supernet(space, info.num_classes, jax.random.key(0), info.image_shape,
-                                   drop_path_rate=tcfg.get("drop_path_rate", 0.0))
-  variables = ocp.StandardCheckpointer().restore(ckpt, jax.tree.map(np.asarray, variables))
-  return space, model, variables, data_cfg, info
+  task = tcfg.get("task", "classification")
+  if task == "classification":
+    data_cfg = data_lib.get_config_defaults()
+    data_cfg.update(tcfg["data"])
+    info = data_lib.dataset_info(data_cfg)
+    model, variables = init_supernet(space, info.num_classes, jax.random.key(0), info.image_shape,
+                                     drop_path_rate=tcfg.get("drop_path_rate", 0.0))
+    rt = None
+  else:
+    import ml_collections
+    from evonas_jax.data.dense import dense_config_defaults
+    from evonas_jax.task_runtime import make_runtime
+    data_cfg = dense_config_defaults(tcfg["data"]["name"])
+    data_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in tcfg["data"].items()})
+    rt = make_runtime(ml_collections.ConfigDict({"task": task, "data": data_cfg,
+                                                 "head_cfg": tcfg.get("head_cfg", {}),
+                                                 "aux_weight": tcfg.get("aux_weight", 0.4)}))
+    info = rt.info
+    model = rt.student(space)
+    variables = jax.eval_shape(lambda: rt.init_student(space, jax.random.key(0)))
+  variables = ocp.StandardCheckpointer().restore(ckpt, jax.tree.map(
+      lambda a: np.zeros(a.shape, a.dtype), variables))
+  return space, model, variables, data_cfg, info, rt
 
 
 def random_supernet(cfg):
@@ -132,7 +149,7 @@ def random_supernet(cfg):
     space = dataclasses.replace(space, **overrides)
   info = data_lib.dataset_info(cfg.data)
   model, variables = _init_random(space, info.num_classes, tuple(info.image_shape), cfg.seed)
-  return space, model, variables, cfg.data, info
+  return space, model, variables, cfg.data, info, None
 
 
 @functools.lru_cache(maxsize=2)
@@ -149,19 +166,50 @@ class Objectives:
   subset is optimised; they are memoised per genome (the archive).
   """
 
-  def __init__(self, cfg, space, evaluator, info, table=None, variables=None):
+  def __init__(self, cfg, space, evaluator, info, table=None, variables=None, rt=None,
+               decoder=None):
     self.cfg, self.space, self.evaluator, self.info = cfg, space, evaluator, info
     self.names = parse_objectives(cfg.objectives)
     self.table, self.variables = table, variables
     self.records: dict[bytes, dict] = {}   # genome bytes -> record (the archive)
+    # Dense tasks: the evaluator scores the task metric; the decoder (arch-independent) adds
+    # its measured latency and its MACs/params to every backbone (research: the whole task model).
+    self.rt = rt if rt is not None and rt.dense else None
+    self.decoder = decoder
+    self.score_key = score_key(self.rt)
 
-  def latency_ms(self, arch) -> float:
-    if self.cfg.latency == "lut":
-      return self.table.predict(arch)
+  def error(self, score: float) -> float:
+    """Lower-is-better error from the evaluator's score: 1 - accuracy, AbsRel, 1 - mIoU."""
+    return float(score) if self.score_key == "abs_rel" else 1.0 - float(score)
+
+  def measure_ms(self, arch) -> float:
+    """Measured latency of the standalone (sliced) task model of `arch` on this device."""
     t = self.cfg.latency_measure
+    if self.rt is not None:
+      return measure_dense_latency(self.rt, self.space, arch, self.variables, batch=t.batch,
+                                   warmup=t.warmup, runs=t.runs)
     return latency_lib.measure_latency(self.space, arch, self.info.num_classes,
                                        self.info.image_shape, batch=t.batch, warmup=t.warmup,
                                        runs=t.runs, variables=self.variables)
+
+  def latency_ms(self, arch) -> float:
+    if self.cfg.latency == "lut":
+      ms = self.table.predict(arch)
+      if self.rt is not None:   # backbone table + the decoder instead of the classifier head
+        ms += self.decoder["latency_ms"] - self.table.entries["head"]
+      return ms
+    return self.measure_ms(arch)
+
+  def cost(self, arch) -> tuple[int, int]:
+    """(MACs, params) of the standalone task model of `arch`."""
+    if self.rt is None:
+      c = arch_cost(self.space, arch, self.info.image_shape, self.info.num_classes)
+      return int(c.macs), int(c.params)
+    # Analytic backbone without the classifier (num_classes 0 leaves the final norm's 2*C
+    # params, absent from a dense backbone) + the decoder's XLA-counted MACs / exact params.
+    c = arch_cost(self.space, arch, self.info.image_shape, 0)
+    return (int(c.macs) + int(self.decoder["macs"]),
+            int(c.params) - 2 * self.space.dims[-1] + int(self.decoder["params"]))
 
   def __call__(self, genomes, generation: int, progress=None):
     genomes = np.asarray(genomes, np.int32)
@@ -171,11 +219,10 @@ class Objectives:
       if k in self.records:
         continue
       arch = self.space.decode(g)
-      cost = arch_cost(self.space, arch, self.info.image_shape, self.info.num_classes)
+      macs, params = self.cost(arch)
       self.records[k] = {"genome": g.tolist(), "generation": int(generation),
-                         "accuracy": float(a), "error": 1.0 - float(a),
-                         "latency_ms": self.latency_ms(arch), "macs": int(cost.macs),
-                         "params": int(cost.params)}
+                         self.score_key: float(a), "error": self.error(a),
+                         "latency_ms": self.latency_ms(arch), "macs": macs, "params": params}
     recs = [self.records[g.tobytes()] for g in genomes]
     fitness = np.array([[r[_UNITS[n]] for n in self.names] for r in recs], np.float32)
     return fitness, self.violation(recs), recs
@@ -187,6 +234,40 @@ class Objectives:
       if budget > 0:
         v += np.array([max(0.0, r[field] / budget - 1.0) for r in recs], np.float32)
     return v
+
+
+def score_key(rt) -> str:
+  """Record key of the evaluator's score: "accuracy", or a dense task's "abs_rel" / "miou"."""
+  return "accuracy" if rt is None or not rt.dense else rt.metric
+
+
+def measure_dense_latency(rt, space, arch, variables, *, batch=1, warmup=30, runs=50) -> float:
+  """Median latency (ms) of the sliced DenseEvoNet (backbone + decoder) of `arch`."""
+  from evonas_jax.nn.dense import extract_dense_subnet
+  from evonas_jax.nn.supernet import subnet_spec
+  sub = rt.student(space, spec=subnet_spec(space, arch))
+  x = jnp.zeros((batch, *rt.info.image_shape), jnp.float32)
+  return latency_lib._time_fn(latency_lib._jit(sub), (extract_dense_subnet(variables, space, arch), x),
+                              warmup, runs)
+
+
+def decoder_profile(rt, space, model, variables, *, batch=1, warmup=10, runs=30) -> dict:
+  """{"latency_ms", "macs", "params"} of the dense model's outnorms + decoder alone (the same for
+  every arch: stage widths are not searched)."""
+  from evonas_jax.nn.dense import DenseEvoNet, decoder_cost
+  image_shape = tuple(rt.info.image_shape)
+  cost = decoder_cost(model, variables, image_shape)
+  x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+  feats = jax.eval_shape(lambda v, x: model.apply(v, x, method=DenseEvoNet.features), variables, x)
+  feats = [jnp.zeros(f.shape, f.dtype) for f in feats]
+
+  @jax.jit
+  def run(v, fs):
+    fs = [model.apply(v, f, method=lambda m, f, s=s: getattr(m, f"outnorm{s}")(f))
+          for s, f in enumerate(fs)]
+    return model.apply(v, fs, image_shape[:2], method=DenseEvoNet.decode)
+  ms = latency_lib._time_fn(run, (variables, feats), warmup, runs)
+  return {"latency_ms": ms, "macs": int(cost["macs"]), "params": int(cost["params"])}
 
 
 # --------------------------------------------------------------------------- checkpointing
@@ -244,9 +325,9 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
   t_start = time.time()
 
   if config.supernet_workdir:
-    space, model, variables, data_cfg, info = load_supernet(config.supernet_workdir)
+    space, model, variables, data_cfg, info, rt = load_supernet(config.supernet_workdir)
   else:
-    space, model, variables, data_cfg, info = random_supernet(config)
+    space, model, variables, data_cfg, info, rt = random_supernet(config)
   names = parse_objectives(config.objectives)
   print(f"[evonas_jax] search: {space.name}/{space.preset}, data {info.name}, objectives "
         f"{names}, pop {config.population_size} x {config.num_generations} gens", flush=True)
@@ -259,7 +340,7 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
       num_eval_batches=ev_cfg.num_eval_batches, eval_batch_size=ev_cfg.eval_batch_size,
       calib_batches=ev_cfg.calib_batches, calib_batch_size=ev_cfg.calib_batch_size,
       calib_seed=config.seed, devices_per_group=ev_cfg.devices_per_group,
-      group_size=ev_cfg.group_size, devices=_devices(ev_cfg.get("num_devices", 0)))
+      group_size=ev_cfg.group_size, devices=_devices(ev_cfg.get("num_devices", 0)), rt=rt)
   # Compile the evaluator while the latency table is built: both are mostly single-threaded XLA
   # compiles, so on a 2-core machine they overlap.
   import threading
@@ -269,26 +350,37 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
   table = None
   lut_path = os.path.join(workdir, "latency_table.json")
   tm = config.latency_measure
+  # The table's classifier-head entry needs >= 1 class (a depth model has none; its head entry
+  # is replaced by the measured decoder).
+  tbl_classes = max(int(info.num_classes), 1)
   if config.latency == "lut" or config.latency_validation_archs:
     if os.path.exists(lut_path):
       table = latency_lib.LatencyTable.load(lut_path)
-      table.check_compatible(space, info.num_classes, info.image_shape)
+      table.check_compatible(space, tbl_classes, info.image_shape)
     else:
-      table = latency_lib.LatencyTable.build(space, info.num_classes, info.image_shape,
+      table = latency_lib.LatencyTable.build(space, tbl_classes, info.image_shape,
                                              batch=tm.batch, warmup=tm.table_warmup,
                                              runs=tm.table_runs, before_timing=warm.join)
       table.save(lut_path)
   warm.join()
-  objectives = Objectives(config, space, evaluator, info, table, variables)
+  decoder = None
+  if rt is not None and rt.dense:
+    decoder = decoder_profile(rt, space, model, variables, batch=tm.batch,
+                              warmup=tm.table_warmup, runs=tm.table_runs)
+    print(f"[evonas_jax] {rt.name} decoder: {decoder['latency_ms']:.3f} ms, "
+          f"{decoder['macs'] / 1e6:.2f} M MACs, {decoder['params'] / 1e6:.3f} M params "
+          f"(added to every subnet)", flush=True)
+  objectives = Objectives(config, space, evaluator, info, table, variables, rt=rt,
+                          decoder=decoder)
   strategy = NSGA2(population_size=config.population_size, genome=GenomeSpec.from_space(space),
                    num_objectives=len(names))
   params = strategy.default_params.replace(crossover_prob=config.nsga2.crossover_prob,
                                            mutation_prob=config.nsga2.mutation_prob)
   # Hypervolume normalisation: error in [0, 1]; costs relative to the largest arch's.
   largest = space.largest()
-  cost_big = arch_cost(space, largest, info.image_shape, info.num_classes)
+  macs_big, params_big = objectives.cost(largest)
   big_vals = {"error": 1.0, "latency": objectives.latency_ms(largest),
-              "macs": float(cost_big.macs), "params": float(cost_big.params)}
+              "macs": float(macs_big), "params": float(params_big)}
   scale = np.array([big_vals[n] for n in names], np.float32)
 
   key = jax.random.key(config.seed)
@@ -383,16 +475,15 @@ def _finish(config, workdir, space, info, strategy, state, objectives, table, va
     todo = front[:config.measure_pareto_max or len(front)]
     from tqdm.auto import tqdm
     for r in tqdm(todo, desc="measure Pareto latency", unit="arch", dynamic_ncols=True):
-      r["measured_latency_ms"] = latency_lib.measure_latency(
-          space, space.decode(r["genome"]), info.num_classes, info.image_shape, batch=tm.batch,
-          warmup=tm.warmup, runs=tm.runs, variables=variables)
+      r["measured_latency_ms"] = objectives.measure_ms(space.decode(r["genome"]))
       if table is not None:
-        r["lut_latency_ms"] = table.predict(space.decode(r["genome"]))
+        r["lut_latency_ms"] = (objectives.latency_ms(space.decode(r["genome"]))
+                               if config.latency == "lut" else table.predict(space.decode(r["genome"])))
     if table is not None and len(todo) > 2:
       lut["spearman_rho_pareto"] = latency_lib.spearman(
           [r["lut_latency_ms"] for r in todo], [r["measured_latency_ms"] for r in todo])
   if table is not None and config.latency_validation_archs:
-    rep = latency_lib.validate_table(table, space, info.num_classes, info.image_shape,
+    rep = latency_lib.validate_table(table, space, max(int(info.num_classes), 1), info.image_shape,
                                      num_archs=config.latency_validation_archs, seed=config.seed,
                                      warmup=tm.warmup, runs=tm.runs, variables=variables)
     lut["spearman_rho_random"] = rep["spearman_rho"]
@@ -402,6 +493,8 @@ def _finish(config, workdir, space, info, strategy, state, objectives, table, va
   results = {
       "objectives": list(names), "latency_mode": config.latency,
       "space": space.name, "preset": space.preset, "dataset": info.name,
+      "task": "classification" if objectives.rt is None else objectives.rt.name,
+      "score": objectives.score_key, "decoder": objectives.decoder,
       "supernet_workdir": config.supernet_workdir or None,
       "population_size": config.population_size, "num_generations": config.num_generations,
       "num_evaluated": len(archive), "evaluator": config.evaluator.kind,
@@ -412,14 +505,15 @@ def _finish(config, workdir, space, info, strategy, state, objectives, table, va
   }
   with open(os.path.join(workdir, "pareto.json"), "w") as f:
     json.dump(results, f, indent=1)
-  write_csv(os.path.join(workdir, "pareto.csv"), front, lut)
+  write_csv(os.path.join(workdir, "pareto.csv"), front, lut, objectives.score_key)
   plot_pareto(archive, front, os.path.join(workdir, "pareto.png"),
-              f"latency (ms, {'lookup table' if config.latency == 'lut' else 'measured'})")
+              f"latency (ms, {'lookup table' if config.latency == 'lut' else 'measured'})",
+              objectives.score_key)
   summary = {k: v for k, v in results.items() if k != "pareto"}
   summary["pareto_size"] = len(front)
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(summary, f, indent=1)
-  print_table(front, lut, workdir)
+  print_table(front, lut, workdir, objectives.score_key)
   return results
 
 
@@ -427,44 +521,47 @@ CSV_FIELDS = ("accuracy", "error", "latency_ms", "measured_latency_ms", "macs", 
               "generation")
 
 
-def write_csv(path: str, front: list[dict], lut: dict) -> None:
+def write_csv(path: str, front: list[dict], lut: dict, score: str = "accuracy") -> None:
+  fields = (score, *CSV_FIELDS[1:])
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["rank", *CSV_FIELDS, "lut_spearman_rho_pareto", "lut_spearman_rho_random",
+    w.writerow(["rank", *fields, "lut_spearman_rho_pareto", "lut_spearman_rho_random",
                 "genome", "arch"])
     for i, r in enumerate(front):
-      w.writerow([i, *[r.get(k, "") for k in CSV_FIELDS], lut.get("spearman_rho_pareto", ""),
+      w.writerow([i, *[r.get(k, "") for k in fields], lut.get("spearman_rho_pareto", ""),
                   lut.get("spearman_rho_random", ""), " ".join(map(str, r["genome"])),
                   json.dumps(r["arch"])])
 
 
 def plot_pareto(archive: list[dict], front: list[dict], path: str,
-                latency_label: str = "latency (ms)") -> None:
-  """Accuracy vs latency and vs MACs: every evaluated arch by generation, the front on top."""
+                latency_label: str = "latency (ms)", score: str = "accuracy") -> None:
+  """Score (accuracy / AbsRel / mIoU) vs latency and vs MACs: every evaluated arch by
+  generation, the front on top."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   gen = np.array([r["generation"] for r in archive])
   for ax, field, label in ((axes[0], "latency_ms", latency_label), (axes[1], "macs", "MACs")):
-    sc = ax.scatter([r[field] for r in archive], [r["accuracy"] for r in archive], c=gen,
+    sc = ax.scatter([r[field] for r in archive], [r[score] for r in archive], c=gen,
                     cmap="viridis", s=12, alpha=0.7)
-    ax.scatter([r[field] for r in front], [r["accuracy"] for r in front], facecolors="none",
+    ax.scatter([r[field] for r in front], [r[score] for r in front], facecolors="none",
                edgecolors="red", s=60, linewidths=1.5, label="Pareto set")
-    ax.set(xlabel=label, ylabel="validation accuracy")
+    ax.set(xlabel=label, ylabel=f"validation {score}")
     ax.legend(loc="lower right")
   fig.colorbar(sc, ax=axes, label="generation")
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
-def print_table(front: list[dict], lut: dict, workdir: str) -> None:
-  print("\n  # | val acc | latency ms (LUT) | measured ms |    MACs    |  params  | depths")
+def print_table(front: list[dict], lut: dict, workdir: str, score: str = "accuracy") -> None:
+  name = {"accuracy": "val acc", "abs_rel": "AbsRel ", "miou": "mIoU   "}.get(score, score[:7])
+  print(f"\n  # | {name} | latency ms (LUT) | measured ms |    MACs    |  params  | depths")
   print("----+---------+------------------+-------------+------------+----------+---------")
   for i, r in enumerate(front):
     meas = r.get("measured_latency_ms")
     depths = ",".join(str(sum(d)) for d in r["arch"]["depth"])
-    print(f" {i:2d} | {r['accuracy']:.4f}  | {r['latency_ms']:16.3f} | "
+    print(f" {i:2d} | {r[score]:.4f}  | {r['latency_ms']:16.3f} | "
           f"{'' if meas is None else f'{meas:11.3f}':>11} | {r['macs'] / 1e6:8.2f} M | "
           f"{r['params'] / 1e6:6.3f} M | {depths}")
   rho = ", ".join(f"{k} {v:.3f}" for k, v in lut.items() if k.startswith("spearman"))

@@ -50,6 +50,11 @@ class TaskRuntime:
     return self.name != "classification"
 
   @property
+  def hashable_head_cfg(self) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                        for k, v in self.head_cfg.items()))
+
+  @property
   def metric(self) -> str:
     """Key of the task's main validation metric in `task.finalize` (accuracy/abs_rel/miou)."""
     return VAL_METRIC[self.name][0]
@@ -92,7 +97,8 @@ class TaskRuntime:
     if not self.dense:
       return EvoNet(spec, self.info.num_classes, bn_axis_name=bn_axis_name)
     from evonas_jax.nn.dense import DenseEvoNet
-    return DenseEvoNet(spec, head=self.name, head_cfg=self.head_cfg,
+    # A tuple of pairs keeps the module hashable (compiled functions are memoised per module).
+    return DenseEvoNet(spec, head=self.name, head_cfg=self.hashable_head_cfg,
                        num_classes=self.info.num_classes, max_depth=self.info.max_depth,
                        bn_axis_name=bn_axis_name)
 
@@ -103,7 +109,7 @@ class TaskRuntime:
       return init_supernet(space, self.info.num_classes, rng, self.info.image_shape,
                            drop_path_rate=drop_path_rate)[1]
     from evonas_jax.nn.dense import init_dense_model
-    return init_dense_model(space, self.name, self.head_cfg, self.info.num_classes,
+    return init_dense_model(space, self.name, self.hashable_head_cfg, self.info.num_classes,
                             self.info.max_depth, rng, self.info.image_shape,
                             drop_path_rate=drop_path_rate)[1]
 
