@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import time
+import types
 from typing import Any, Callable
 
 import jax
@@ -75,9 +76,31 @@ def _classification_task(train_cfg: dict, space: SearchSpace, num_classes: int) 
       output=f"logits float32 (batch, {num_classes})")
 
 
-# name -> builder(train_cfg dict, space, num_classes) -> Task. Dense heads register here.
+def _dense_task(train_cfg: dict, space: SearchSpace, num_classes: int) -> Task:
+  """Depth / segmentation: the sliced DenseEvoNet (backbone + decoder). train_cfg needs "task",
+  "head_cfg" and "max_depth" (the exporter writes them to arch.json)."""
+  from evonas_jax.nn.dense import DenseEvoNet, extract_dense_subnet
+  from evonas_jax.nn.supernet import subnet_spec
+  name = train_cfg["task"]
+  head_cfg = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                          for k, v in (train_cfg.get("head_cfg") or {}).items()))
+  max_depth = float(train_cfg.get("max_depth", 10.0))
+  out = ({"depth": "float32 (batch, H, W) metres"} if name == "depth" else
+         {"logits": f"float32 (batch, H, W, {num_classes})", "aux_logits": "same (aux FCN head)"})
+  return Task(
+      name=name,
+      make_module=lambda arch, backend: DenseEvoNet(
+          subnet_spec(space, arch), head=name, head_cfg=head_cfg, num_classes=num_classes,
+          max_depth=max_depth, scan_backend=backend),
+      extract=lambda variables, arch: extract_dense_subnet(variables, space, arch),
+      output=json.dumps(out))
+
+
+# name -> builder(train_cfg dict, space, num_classes) -> Task.
 TASKS: dict[str, Callable[[dict, SearchSpace, int], Task]] = {
     "classification": _classification_task,
+    "depth": _dense_task,
+    "segmentation": _dense_task,
 }
 
 
@@ -173,10 +196,23 @@ def _read_json(path: str) -> dict:
 
 
 def _data_cfg(d: dict):
+  if "crop_size" in d:   # a dense dataset (evonas_jax.data.dense)
+    from evonas_jax.data.dense import dense_config_defaults
+    c = dense_config_defaults(d["name"])
+    c.update({k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    return c
   from evonas_jax import data as data_lib
   c = data_lib.get_config_defaults()
   c.update(d)
   return c
+
+
+def _dense_rt(src):
+  """The TaskRuntime of a dense source (None for classification)."""
+  if (src.train_cfg or {}).get("task", "classification") == "classification":
+    return None
+  from evonas_jax.task_runtime import runtime_from_train_config
+  return runtime_from_train_config(src.train_cfg)[0]
 
 
 def _resolve_supernet_dir(path: str, search_workdir: str) -> str:
@@ -233,7 +269,8 @@ def load_supernet_variables(src: Source):
     # Restored as saved, without initialising a supernet as the target (that costs a compile):
     # extract_subnet then fails loudly on a checkpoint that does not fit the space.
     variables = jax.tree.map(np.asarray, load_pytree(os.path.join(src.supernet_workdir, "final")))
-    return variables, data_lib.dataset_info(src.data_cfg)
+    rt = _dense_rt(src)
+    return variables, (rt.info if rt is not None else data_lib.dataset_info(src.data_cfg))
   print("[evonas_jax] WARNING: this search used no supernet_workdir; exporting from the same "
         "RANDOMLY INITIALISED supernet (seed from its config). Tests only.", flush=True)
   _, _, variables, _, info, _ = search_lib.random_supernet(src.search_cfg)
@@ -341,7 +378,9 @@ def _calib_batches(src: Source, n: int, batch_size: int, seed: int) -> list[np.n
   from evonas_jax import data as data_lib
   if n <= 0:
     return []
-  it = data_lib.train_iterator(src.data_cfg, batch_size, seed=seed)
+  rt = _dense_rt(src)
+  it = (rt.train_iterator(src.data_cfg, batch_size, seed, 0, 1) if rt is not None else
+        data_lib.train_iterator(src.data_cfg, batch_size, seed=seed))
   return [np.asarray(next(it)["image"]) for _ in range(n)]
 
 
@@ -376,7 +415,11 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
                           "another --out)")
 
   variables, info = load_supernet_variables(src)
-  task = build_task(src.train_cfg, src.space, info.num_classes)
+  dense = (src.train_cfg or {}).get("task", "classification") != "classification"
+  task_cfg = dict(src.train_cfg or {})
+  if dense:
+    task_cfg["max_depth"] = float(info.max_depth)
+  task = build_task(task_cfg, src.space, info.num_classes)
   image_shape = tuple(int(s) for s in info.image_shape)
   ref_module = task.make_module(arch, "reference")
   sliced = jax.device_get(task.extract(variables, arch))
@@ -391,7 +434,12 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
   from evonas_jax import __version__
   from evonas_jax.checkpoint import save_pytree
   from evonas_jax.nn.cost import arch_cost
-  cost = arch_cost(src.space, arch, image_shape, info.num_classes)
+  if dense:
+    from evonas_jax.nn.dense import dense_cost
+    cost = dense_cost(ref_module, sliced, image_shape)
+    cost = types.SimpleNamespace(macs=int(cost["macs"]), params=int(cost["params"]))
+  else:
+    cost = arch_cost(src.space, arch, image_shape, info.num_classes)
   tmp = f"{out}.tmp-{os.getpid()}"
   if os.path.exists(tmp):
     shutil.rmtree(tmp)
@@ -418,8 +466,13 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
         "num_classes": int(info.num_classes), "class_names": list(info.class_names),
         "image_shape": list(image_shape), "dataset": info.name,
         # Images must be preprocessed the way the supernet saw them: (pixel in [0,1] - mean) / std.
-        "normalization": {"mean": _as_list(ds.mean), "std": _as_list(ds.std),
-                          "image_size": int(ds.image_size), "channels": int(ds.channels)},
+        "normalization": ({"mean": _as_list(ds.mean), "std": _as_list(ds.std),
+                           "image_size": int(ds.image_size), "channels": int(ds.channels)}
+                          if not dense else
+                          {"mean": _as_list(ds.mean), "std": _as_list(ds.std),
+                           "crop_size": _as_list(ds.crop_size), "channels": 3}),
+        "head_cfg": dict(task_cfg.get("head_cfg") or {}) if dense else None,
+        "max_depth": task_cfg.get("max_depth"),
         "objectives": ({k: v for k, v in row.items() if k not in ("genome", "arch")}
                        if row is not None else None),
         "pareto_row": row_idx,
@@ -495,7 +548,8 @@ def load_export(path: str):
   if meta.get("format") != FORMAT:
     raise ValueError(f"{path}/arch.json has format {meta.get('format')!r}; expected {FORMAT!r}")
   space = space_from_dict(meta["space"])
-  task = build_task({"task": meta["task"]}, space, meta["num_classes"])
+  task = build_task({"task": meta["task"], "head_cfg": meta.get("head_cfg") or {},
+                    "max_depth": meta.get("max_depth") or 10.0}, space, meta["num_classes"])
   arch = Arch.from_dict(meta["arch"])
   variables = load_pytree(os.path.join(path, "params"))
   return task.make_module(arch, "reference"), variables, meta

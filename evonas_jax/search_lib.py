@@ -39,7 +39,7 @@ from evonas_jax.workdir import MetricWriter, open_workdir
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("error", "latency", "macs", "params")
-LATENCY_MODES = ("lut", "measured")
+LATENCY_MODES = ("lut", "measured", "none")   # none: no latency (objectives without "latency")
 CONSTRAINTS = {"max_latency_ms": "latency_ms", "max_macs": "macs", "max_params": "params"}
 SPACE_OVERRIDES = ("max_depths", "mlp_choices", "d_state_choices", "expand_choices")
 _UNITS = {"error": "error", "latency": "latency_ms", "macs": "macs", "params": "params"}
@@ -62,6 +62,9 @@ def validate_config(cfg) -> None:
   parse_objectives(cfg.objectives)
   if cfg.latency not in LATENCY_MODES:
     raise ValueError(f"config.latency={cfg.latency!r} is not one of {LATENCY_MODES}")
+  if cfg.latency == "none" and "latency" in parse_objectives(cfg.objectives):
+    raise ValueError("config.latency='none' but config.objectives includes 'latency'; allowed: "
+                     "latency='lut' or 'measured', or drop 'latency' from the objectives")
   if cfg.evaluator.kind not in dmmpe.EVALUATORS:
     raise ValueError(f"config.evaluator.kind={cfg.evaluator.kind!r} is not one of {dmmpe.EVALUATORS}")
   if cfg.evaluator.split not in dmmpe.ALLOWED_SPLITS:
@@ -116,14 +119,8 @@ def load_supernet(train_workdir: str):
                                      drop_path_rate=tcfg.get("drop_path_rate", 0.0))
     rt = None
   else:
-    import ml_collections
-    from evonas_jax.data.dense import dense_config_defaults
-    from evonas_jax.task_runtime import make_runtime
-    data_cfg = dense_config_defaults(tcfg["data"]["name"])
-    data_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in tcfg["data"].items()})
-    rt = make_runtime(ml_collections.ConfigDict({"task": task, "data": data_cfg,
-                                                 "head_cfg": tcfg.get("head_cfg", {}),
-                                                 "aux_weight": tcfg.get("aux_weight", 0.4)}))
+    from evonas_jax.task_runtime import runtime_from_train_config
+    rt, data_cfg = runtime_from_train_config(tcfg)
     info = rt.info
     model = rt.student(space)
     variables = jax.eval_shape(lambda: rt.init_student(space, jax.random.key(0)))
@@ -193,6 +190,8 @@ class Objectives:
                                        runs=t.runs, variables=self.variables)
 
   def latency_ms(self, arch) -> float:
+    if self.cfg.latency == "none":
+      return float("nan")
     if self.cfg.latency == "lut":
       ms = self.table.predict(arch)
       if self.rt is not None:   # backbone table + the decoder instead of the classifier head
@@ -379,7 +378,7 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
   # Hypervolume normalisation: error in [0, 1]; costs relative to the largest arch's.
   largest = space.largest()
   macs_big, params_big = objectives.cost(largest)
-  big_vals = {"error": 1.0, "latency": objectives.latency_ms(largest),
+  big_vals = {"error": 1.0, "latency": objectives.latency_ms(largest) if "latency" in names else 1.0,
               "macs": float(macs_big), "params": float(params_big)}
   scale = np.array([big_vals[n] for n in names], np.float32)
 

@@ -35,6 +35,7 @@ class DenseInfo:
   min_depth: float
   ignore_label: int
   eval_crop: str | None = None
+  class_names: tuple = ()
   fallback_used: bool = False
 
 
@@ -145,7 +146,8 @@ def make_runtime(config) -> TaskRuntime:
   info = DenseInfo(name=d.name, image_shape=tuple(d.image_shape), num_classes=int(d.num_classes),
                    split_sizes=dict(d.split_sizes), max_depth=float(d.max_depth),
                    min_depth=float(d.min_depth), ignore_label=int(d.ignore_label),
-                   eval_crop=None if d.eval_crop in (None, "none") else d.eval_crop)
+                   eval_crop=None if d.eval_crop in (None, "none") else d.eval_crop,
+                   class_names=tuple(getattr(d, "class_names", ()) or ()))
   head_cfg = dict(config.get("head_cfg", {}) or {})
   if name == "depth":
     task = tasks_lib.get_task("depth", min_depth=info.min_depth, max_depth=info.max_depth,
@@ -155,3 +157,20 @@ def make_runtime(config) -> TaskRuntime:
                               ignore_label=info.ignore_label,
                               aux_weight=float(config.get("aux_weight", 0.4)))
   return TaskRuntime(name, task, info, head_cfg)
+
+
+def runtime_from_train_config(tcfg: dict):
+  """(TaskRuntime, data config) of a finished training run's config.json dict (search, export)."""
+  import ml_collections
+  task = tcfg.get("task", "classification")
+  if task == "classification":
+    from evonas_jax import data as data_lib
+    data_cfg = data_lib.get_config_defaults()
+  else:
+    from evonas_jax.data.dense import dense_config_defaults
+    data_cfg = dense_config_defaults(tcfg["data"]["name"])
+  data_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in tcfg["data"].items()})
+  rt = make_runtime(ml_collections.ConfigDict({"task": task, "data": data_cfg,
+                                               "head_cfg": tcfg.get("head_cfg", {}) or {},
+                                               "aux_weight": tcfg.get("aux_weight", 0.4)}))
+  return rt, data_cfg
