@@ -50,7 +50,7 @@ quickstart: setup data
 	  --workdir $(WORKDIR)/search --config.supernet_workdir=$(WORKDIR)/train
 
 test: setup data
-	@$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS) tests; rc=$$?; \
+	@$(BIN)/python -m pytest -q --durations=25 $(XDIST) $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): treated as success"; exit 0; fi; \
 	exit $$rc
 

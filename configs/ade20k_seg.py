@@ -14,36 +14,9 @@ Expected: NOT measured here (no GPU and no dataset on the development machine). 
           teacher.source="checkpoint" or "store" (precomputed features of a foundation model,
           evonas_jax.teacher_store) is set, which is what the paper does.
 """
-from evonas_jax.data.dense import dense_config_defaults
-from evonas_jax.train_config import default_config
+from evonas_jax.dense_configs import gpu_dense_config
 
 
 def get_config():
-  c = default_config()
-  c.task = "segmentation"
-  c.data = dense_config_defaults("ade20k")
-  c.preset = "base"
-  c.batch_size = 16
-  c.eval_batch_size = 8
-  c.num_steps = 100_000
-  c.log_every = 100
-  c.eval_every = 5_000
-  c.checkpoint_every = 2_000
-  c.bn_calibration_batches = 8
-  c.optimizer.lr = 1e-4
-  c.optimizer.warmup_steps = 1_000
-  c.optimizer.restart_per_stage = True
-  c.pst.stages = ()                   # the official 8 stages, scaled to num_steps
-  c.pst.k_max = 4
-  c.drop_path_rate = 0.2
-  c.distill.kd_ratio = 0.5
-  c.distill.alpha_spatial = 3e-5
-  c.distill.alpha_frequency = 2e-5
-  c.distill.reduction = "sum"
-  c.distill.student_stage = -1
-  c.teacher.num_steps = 50_000
-  c.teacher.eval_every = 5_000
-  c.teacher.model.update(dict(patch_size=16, dim=768, depth=12, heads=12))
-  c.teacher.optimizer.lr = 1e-4
-  c.teacher.optimizer.warmup_steps = 2_000
+  c = gpu_dense_config("segmentation", "ade20k")
   return c

@@ -110,6 +110,18 @@ def load_eval_data(data_cfg, *, split: str = "validation", num_eval_batches: int
   return EvalData(np.stack(calib), np.stack(imgs), np.stack(labels), np.stack(mask), key)
 
 
+def _recalibrated(model, variables, masks, calib):
+  """variables with the candidate's BatchNorm statistics: train-mode forwards over the `calib`
+  batches (n_calib, Bc, H, W, C), starting from the supernet's (supernet_train.recalibrate_bn)."""
+  def calib_step(bs, im):
+    _, upd = model.apply({**variables, "batch_stats": bs}, im, masks, train=True,
+                         mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    return upd["batch_stats"], None
+
+  bs, _ = jax.lax.scan(calib_step, variables["batch_stats"], calib)
+  return {**variables, "batch_stats": bs}
+
+
 def candidate_correct(model, space: SearchSpace, variables, genome, calib, images, labels, mask):
   """(correct, total) of one candidate on all eval batches, after BN recalibration.
 
@@ -118,14 +130,7 @@ def candidate_correct(model, space: SearchSpace, variables, genome, calib, image
   in the compiled program, whatever the number of batches.
   """
   masks = genome_to_masks(space, genome)
-
-  def calib_step(bs, im):
-    _, upd = model.apply({**variables, "batch_stats": bs}, im, masks, train=True,
-                         mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-    return upd["batch_stats"], None
-
-  bs, _ = jax.lax.scan(calib_step, variables["batch_stats"], calib)
-  v = {**variables, "batch_stats": bs}
+  v = _recalibrated(model, variables, masks, calib)
 
   def eval_step(carry, batch):
     im, lab, mk = batch
@@ -142,14 +147,7 @@ def candidate_stats(model, space: SearchSpace, task, target_key: str, variables,
   recalibration: the generalisation of `candidate_correct` to any task (depth, segmentation).
   Pure and vmappable over `genome`."""
   masks = genome_to_masks(space, genome)
-
-  def calib_step(bs, im):
-    _, upd = model.apply({**variables, "batch_stats": bs}, im, masks, train=True,
-                         mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-    return upd["batch_stats"], None
-
-  bs, _ = jax.lax.scan(calib_step, variables["batch_stats"], calib)
-  v = {**variables, "batch_stats": bs}
+  v = _recalibrated(model, variables, masks, calib)
 
   def stats_of(im, tg, mk):
     return task.eval_stats(model.apply(v, im, masks), {"image": im, target_key: tg, "mask": mk})
