@@ -54,11 +54,12 @@ def test_nan_stops_cleanly_and_resume_equals_uninterrupted_run(tmp_path, monkeyp
       def set_state(self, s):
         it.set_state(s)
     return Wrap()
-  monkeypatch.setattr(trainer_lib.data_lib, "train_iterator", poisoned)
+  # The trainer reads training batches through evonas_jax.data (via task_runtime).
+  monkeypatch.setattr(data_lib, "train_iterator", poisoned)
   wd = str(tmp_path / "b")
   with pytest.raises(NonFiniteLossError, match="NaN/inf at step 4.*last good checkpoint"):
     trainer_lib.train_and_evaluate(c, wd)
-  monkeypatch.setattr(trainer_lib.data_lib, "train_iterator", real)
+  monkeypatch.setattr(data_lib, "train_iterator", real)
   ck = TrainCheckpointer(os.path.join(wd, "checkpoints"))
   assert ck.steps() == [2]
   ck.close()

@@ -128,7 +128,7 @@ def test_outputs_are_consistent(runs):
 
 @pytest.mark.parametrize("field,value,match", [
     ("objectives", "error,flops", r"config.objectives='error,flops'.*allowed values.*'latency'"),
-    ("latency", "fast", r"config.latency='fast' is not one of \('lut', 'measured'\)"),
+    ("latency", "fast", r"config.latency='fast' is not one of \('lut', 'measured', 'none'\)"),
     ("evaluator.kind", "serial", r"config.evaluator.kind='serial'.*'dmmpe'"),
     ("evaluator.split", "test", r"config.evaluator.split='test'.*never the test split"),
     ("population_size", 1, r"config.population_size=1"),
