@@ -6,21 +6,26 @@ Hardware: CPU. The masked NB201 network computes every op of every edge, so the 
           this config scores a reduced skeleton (C=8, one cell per stage) on the 20 real
           CIFAR-10 images. The standard size is configs/proxies_nb201_full.py (GPU).
 Expected: writes W/nb201_scores.csv and W/nb201_correlations.json; see
-          benchmarks/results/nb201_correlations.json for the measured numbers.
+          benchmarks/results/nb201_correlations.json for the measured numbers (this config with
+          its defaults produced them: 240 archs, C=8, N=1; rerunning the command resumes from
+          W/scores/). Then `python benchmarks/libra.py` for benchmarks/results/libra.json.
 """
 import ml_collections
 
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.num_archs = 200
+  c.num_archs = 240
   c.arch_seed = 0
   c.arch_indices = ()               # explicit NB201 indices instead of a sample
   c.init_seed = 0
   c.num_seeds = 1                   # init seeds averaged (paper: 5)
-  c.arch_batch = 8                  # archs per vmapped call
-  c.proxies = ("params", "macs", "nwot", "swap", "synflow", "snip", "grad_norm", "jacov",
-               "fisher", "grasp", "zico", "lswag")
+  c.arch_batch = 16                 # archs per vmapped call
+  c.proxies = ("lswag", "nwot", "swap", "synflow", "params", "macs", "jacov", "fisher", "zico",
+               "snip", "grad_norm", "grasp")
+  # Fisher's per-layer sum: "param" = Suite-Zero/NASLib (each channel's value counted once per
+  # weight of that channel, i.e. times the layer's fan-in); "channel" = plain sum over channels.
+  c.fisher = ml_collections.ConfigDict({"weighting": "param"})
   c.benchdata_dir = ""              # "" -> $EVONAS_BENCHDATA or ../shared/benchdata
   c.net = ml_collections.ConfigDict({"channels": 8, "cells": 1})
   c.data = ml_collections.ConfigDict({"source": "foolbox", "num_images": 20, "path": ""})

@@ -103,14 +103,121 @@ def test_grasp_finite_difference_hessian(setup):
   np.testing.assert_allclose(run(setup, "grasp"), ref, rtol=1e-3, atol=1e-6)
 
 
+def test_grasp_nb201_bn_scale_invariance():
+  """NB201 net, train-mode BN, float64. A conv followed by BN is scale invariant, L(cW) = L(W),
+  so H W = -g on that layer's block and its GraSP term -W . (H g) is |g|^2 (up to BN's eps).
+  Reference: -W . (H g) with H g from central differences of the gradient along g."""
+  from evonas_jax.nn import nb201 as nbnet
+  from evonas_jax.proxies import nb201_proxy_model
+  from evonas_jax.proxies.common import weight_loss_fn
+  with jax.enable_x64(True):
+    cfg = nbnet.NB201Config(channels=2, cells=1, num_classes=5, image_size=8)
+    pm = nb201_proxy_model(cfg)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64),
+                          nbnet.init_nb201(cfg, jax.random.key(0))[1]["params"])
+    batch = {"image": jax.random.normal(jax.random.key(1), (6, 8, 8, 3), jnp.float64),
+             "label": jnp.arange(6) % 5}
+    m = jnp.zeros((6, 5)).at[:, 2].set(1.0).at[1].set(jnp.eye(5)[3]).at[4].set(jnp.eye(5)[0])
+    m = m.astype(jnp.float64)
+    got = float(jax.jit(lambda p: get_proxy("grasp")(pm, p, m, batch, None))(params))
+    f = jax.jit(jax.grad(weight_loss_fn(pm, params, m, batch)))
+    w = pm.weights(params)
+    g = f(w)
+    eps = 1e-7  # small: a step across a ReLU kink biases the difference quotient
+    hg = [(a - b) / (2 * eps) for a, b in zip(f([wl + eps * gl for wl, gl in zip(w, g)]),
+                                              f([wl - eps * gl for wl, gl in zip(w, g)]))]
+    is_bn = [not (p[0] == "classifier" or "short" in p) for p in pm.weight_paths]
+    fd = [float(jnp.sum(-wl * hl)) for wl, hl in zip(w, hg)]
+    sq = [float(jnp.sum(gl ** 2)) for gl in g]
+  assert sum(not b for b in is_bn) == 3
+  np.testing.assert_allclose(got, sum(fd), rtol=1e-6)
+  # Scale invariance holds up to BN's eps (var + 1e-5), hence not to round-off.
+  bn_fd = sum(v for v, b in zip(fd, is_bn) if b)
+  assert bn_fd > 0
+  np.testing.assert_allclose(bn_fd, sum(v for v, b in zip(sq, is_bn) if b), rtol=5e-3)
+
+
 def test_fisher(setup):
   W, b, x, y, m = inputs(setup)
   cache = np_forward(W, b, x, m)
   g_out = np_ce_grad(cache[-1], y) / len(y)
   _, gz1, gz2, _ = np_backward(W, x, m, cache, g_out)
-  ref = sum(0.5 * np.mean((a * ga) ** 2, 0).sum()
-            for a, ga in ((cache[0], gz1), (cache[2], gz2), (cache[4], g_out)))
-  np.testing.assert_allclose(run(setup, "fisher"), ref, rtol=1e-4)
+  per_layer = [0.5 * np.mean((a * ga) ** 2, 0).sum()
+               for a, ga in ((cache[0], gz1), (cache[2], gz2), (cache[4], g_out))]
+  np.testing.assert_allclose(run(setup, "fisher", weighting="channel"), sum(per_layer), rtol=1e-4)
+  # Suite-Zero broadcasts each channel's value to its fan-in weights: D, H1, H2 inputs.
+  fan_in = (D, H[0], H[1])
+  np.testing.assert_allclose(run(setup, "fisher"), sum(f * v for f, v in zip(fan_in, per_layer)),
+                             rtol=1e-4)
+  with pytest.raises(ValueError, match="weighting='nope'.*allowed"):
+    run(setup, "fisher", weighting="nope")
+
+
+def test_fisher_nb201_scanned_cells_vs_forward_mode():
+  """NB201 net with 2 scanned cells per stage and train-mode BN. Reference: forward-mode
+  directional derivatives of the loss along a * e_(layer, cell, sample, channel) (each gives
+  sum_spatial a * dL/da for one sample and channel), with each layer's fan-in written out from the
+  NB201 layout. Catches the cell axis of scanned probes being read as the batch axis."""
+  from evonas_jax.nn import nb201 as nbnet
+  from evonas_jax.proxies import nb201_proxy_model
+  from evonas_jax.proxies.common import ce_loss
+  cfg = nbnet.NB201Config(channels=2, cells=2, num_classes=5, image_size=8)
+  pm = nb201_proxy_model(cfg)
+  params = nbnet.init_nb201(cfg, jax.random.key(0))[1]["params"]
+  bsz = 4
+  x = jax.random.normal(jax.random.key(1), (bsz, 8, 8, 3))
+  y = jnp.arange(bsz) % 5
+  # conv3x3 everywhere except one conv1x1 edge and one skip edge.
+  m = jnp.zeros((6, 5)).at[:, 2].set(1.0).at[1].set(jnp.eye(5)[3]).at[4].set(jnp.eye(5)[0])
+  p0 = pm.zero_perturbations(params, m, x)
+  acts = pm.apply_probed(params, p0, m, x)[1]
+  leaves, tdef = jax.tree_util.tree_flatten_with_path(p0)
+  names = [tuple(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
+  outs = {tuple(str(getattr(k, "key", k)) for k in path): v
+          for path, v in jax.tree_util.tree_flatten_with_path(acts)[0]}
+  a_list = [outs[n[:-1] + (n[-1] + "_out",)] for n in names]  # sow(P + "_out") pairs perturb(P)
+
+  def eps_shape(name, a):  # stage leaves: (cells, B, H, W, C); others (B, ..., C)
+    lead = 2 if name[0].startswith("stage") else 1
+    return a.shape[:lead] + (1,) * (a.ndim - lead - 1) + a.shape[-1:]
+  shapes = [eps_shape(n, a) for n, a in zip(names, a_list)]
+  sizes = [int(np.prod(s)) for s in shapes]
+
+  def loss_of_eps(eps):
+    parts, off = [], 0
+    for a, s, k in zip(a_list, shapes, sizes):
+      parts.append(a * eps[off:off + k].reshape(s))
+      off += k
+    return ce_loss(pm.apply_probed(params, jax.tree_util.tree_unflatten(tdef, parts), m, x)[0], y)
+  f = np.asarray(jax.jit(jax.jacfwd(loss_of_eps))(jnp.zeros(sum(sizes))), np.float64)
+
+  c = cfg.channels
+  def fan_in(name):
+    if name == ("probe",):
+      return 4 * c
+    if name[0] == "stem":
+      return 27
+    if name[0].startswith("red"):
+      cs = c * 2 ** int(name[0][3:])
+      return {"conv_a": 9 * cs // 2, "conv_b": 9 * cs, "short": cs // 2}[name[1]]
+    cs = c * 2 ** int(name[0][5:])
+    return 9 * cs if name[2].endswith("conv3") else cs
+  ref_param = ref_channel = 0.0
+  off = 0
+  for n, s, k in zip(names, shapes, sizes):
+    fn = f[off:off + k].reshape(s)
+    off += k
+    bax = 1 if n[0].startswith("stage") else 0
+    fc = 0.5 * np.mean(fn ** 2, axis=bax)  # mean over samples
+    ref_channel += fc.sum()
+    ref_param += fan_in(n) * fc.sum()
+  fisher = get_proxy("fisher")
+  batch = {"image": x, "label": y}
+  got_p = float(jax.jit(lambda p: fisher(pm, p, m, batch, None))(params))
+  got_c = float(jax.jit(lambda p: fisher(pm, p, m, batch, None, weighting="channel"))(params))
+  assert ref_channel > 0
+  np.testing.assert_allclose(got_c, ref_channel, rtol=2e-4)
+  np.testing.assert_allclose(got_p, ref_param, rtol=2e-4)
 
 
 def test_jacov():

@@ -11,7 +11,8 @@ in masked mode (vmap over archs, one compile per proxy), averaged over `num_seed
                               of the same archs (same proxy name; our macs vs their flops)
 Per-proxy scores are cached in W/scores/<proxy>.npy, so rerunning the command resumes.
 L-SWAG's band: `lswag.band = "auto"` runs the spike rule (lswag.select_band) on the layer terms of
-`lswag.calib_archs` *other* random archs (no labels used), and records it in the JSON.
+`lswag.calib_archs` *other* random archs (no labels used), and records it in the JSON; the
+calibration is cached in W/scores/lswag_calibration.json too, so a resumed run skips it.
 """
 from __future__ import annotations
 
@@ -123,13 +124,23 @@ def run(cfg, workdir: str) -> dict:
   if "lswag" in cfg.proxies:
     band = cfg.lswag.band
     if band == "auto":
-      params0 = jax.tree.map(lambda a: a[0], seeds)
-      cal = calibrate_band(cfg, model, params0, batch, table["arch_str"], rows)
+      cal_path = os.path.join(workdir, "scores", "lswag_calibration.json")
+      if os.path.exists(cal_path):
+        with open(cal_path) as f:
+          cal = json.load(f)
+      else:
+        params0 = jax.tree.map(lambda a: a[0], seeds)
+        cal = calibrate_band(cfg, model, params0, batch, table["arch_str"], rows)
+        with open(cal_path, "w") as f:
+          json.dump(cal, f)
       info["lswag_band_calibration"] = cal
       band = cal["band"]
     proxy_kwargs["lswag"] = {"band": tuple(band), "variance": cfg.lswag.variance,
                              "num_splits": cfg.lswag.num_splits}
     info["lswag_settings"] = {"band": list(band), "variance": cfg.lswag.variance}
+  if "fisher" in cfg.proxies and "fisher" in cfg:
+    proxy_kwargs["fisher"] = {"weighting": cfg.fisher.weighting}
+    info["fisher_settings"] = {"weighting": cfg.fisher.weighting}
   scores = {}
 
   def write_outputs():
@@ -149,8 +160,12 @@ def run(cfg, workdir: str) -> dict:
 
   for name in tqdm(list(cfg.proxies), desc="proxies"):
     path = os.path.join(workdir, "scores", f"{name}.npy")
+    tpath = os.path.join(workdir, "scores", f"{name}.timing.json")
     if os.path.exists(path):
       scores[name] = np.load(path)
+      if os.path.exists(tpath):
+        with open(tpath) as f:
+          info["timing"][name] = json.load(f)
       continue
     fn = get_proxy(name)
     kw = proxy_kwargs.get(name, {})
@@ -160,6 +175,8 @@ def run(cfg, workdir: str) -> dict:
     timing["total_s"] = time.perf_counter() - t
     info["timing"][name] = timing
     np.save(path, s)
+    with open(tpath, "w") as f:
+      json.dump(timing, f)
     scores[name] = s
     print(f"{name}: {timing['total_s']:.1f}s", flush=True)
     write_outputs()

@@ -8,6 +8,9 @@ apply_probed(params, perturbations, masks, x) -> (logits, outs): `outs` and `per
 zero_perturbations(params, masks, x) -> the zero perturbation pytree for that input shape.
 weight_paths: conv/linear kernel paths into params, forward order (biases and norms excluded).
 cost(masks) -> {"params", "macs"} of the active network (jnp, vmappable) or None.
+probe_kernel(probe_path) -> path into params of the kernel whose output that probe perturbs (a
+  tuple of str; the probe path is the perturbation-tree path). Fisher's Suite-Zero weighting needs
+  it for each layer's fan-in.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ class ProxyModel:
   weight_paths: tuple
   cost: Callable | None = None
   name: str = "model"
+  probe_kernel: Callable | None = None
 
   def weights(self, params) -> list:
     """Conv/linear kernels in forward order (a trailing int in a path slices a scanned kernel)."""
@@ -58,7 +62,20 @@ class ProxyModel:
     return params
 
 
-def linen_proxy_model(module, weight_paths, cost=None, name="model") -> ProxyModel:
+def default_probe_kernel(path: tuple) -> tuple:
+  """Probe -> kernel naming rule of our linen models: `probe_X` next to submodule `X`
+  (autoformer: blocks/probe_qkv -> blocks/qkv/kernel), or `probe` inside a module whose conv is
+  `conv` (nb201 PConv: .../pconv/probe -> .../pconv/conv/kernel)."""
+  *parent, last = path
+  if last.startswith("probe_"):
+    return tuple(parent) + (last[len("probe_"):], "kernel")
+  if last == "probe":
+    return tuple(parent) + ("conv", "kernel")
+  raise ValueError(f"no kernel rule for probe {path!r}")
+
+
+def linen_proxy_model(module, weight_paths, cost=None, name="model",
+                      probe_kernel=default_probe_kernel) -> ProxyModel:
   """ProxyModel of a linen module with `__call__(x, masks, bn=True, capture=False)` that
   perturbs its conv/linear outputs as `self.perturb(P, y)` and sows them as
   `self.sow("outs", P + "_out", y)` (the pairing Fisher relies on)."""
@@ -79,11 +96,15 @@ def linen_proxy_model(module, weight_paths, cost=None, name="model") -> ProxyMod
     return state["perturbations"]
 
   return ProxyModel(apply, apply_acts, apply_probed, zero_perturbations, tuple(weight_paths),
-                    cost, name)
+                    cost, name, probe_kernel)
 
 
 def nb201_proxy_model(cfg) -> ProxyModel:
   from evonas_jax.nn import nb201
   module = nb201.NB201Net(cfg)
+  def probe_kernel(path):
+    # The classifier's probe sits at the top level of NB201Net.
+    return ("classifier", "kernel") if path == ("probe",) else default_probe_kernel(path)
+
   return linen_proxy_model(module, nb201.weight_paths(cfg), lambda m: nb201.nb201_cost(cfg, m),
-                           name="nb201")
+                           name="nb201", probe_kernel=probe_kernel)

@@ -46,4 +46,5 @@ def tiny_proxy_model(in_dim: int, hidden=(6, 5), num_classes: int = 3):
   module = TinyMLP(tuple(hidden), num_classes)
   paths = (("W1", "kernel"), ("W2", "kernel"), ("W3", "kernel"))
   return module, linen_proxy_model(module, paths, lambda m: tiny_cost(m, in_dim, num_classes),
-                                   name="tiny_mlp")
+                                   name="tiny_mlp",
+                                   probe_kernel=lambda p: ("W" + p[-1][len("probe"):], "kernel"))
