@@ -82,8 +82,8 @@ def _dense_task(train_cfg: dict, space: SearchSpace, num_classes: int) -> Task:
   from evonas_jax.nn.dense import DenseEvoNet, extract_dense_subnet
   from evonas_jax.nn.supernet import subnet_spec
   name = train_cfg["task"]
-  head_cfg = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                          for k, v in (train_cfg.get("head_cfg") or {}).items()))
+  from evonas_jax.task_runtime import hashable_head_cfg
+  head_cfg = hashable_head_cfg(train_cfg.get("head_cfg"))
   max_depth = float(train_cfg.get("max_depth", 10.0))
   out = ({"depth": "float32 (batch, H, W) metres"} if name == "depth" else
          {"logits": f"float32 (batch, H, W, {num_classes})", "aux_logits": "same (aux FCN head)"})

@@ -24,6 +24,12 @@ VAL_METRIC = {"classification": ("accuracy", "acc"), "depth": ("abs_rel", "abs_r
               "segmentation": ("miou", "miou")}
 
 
+def hashable_head_cfg(cfg) -> tuple:
+  """A head config dict as sorted (key, value) pairs: keeps DenseEvoNet hashable (compiled
+  functions are memoised per module)."""
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (cfg or {}).items()))
+
+
 @dataclasses.dataclass(frozen=True)
 class DenseInfo:
   """What the trainers read from a dataset info, for a dense dataset."""
@@ -52,8 +58,7 @@ class TaskRuntime:
 
   @property
   def hashable_head_cfg(self) -> tuple:
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                        for k, v in self.head_cfg.items()))
+    return hashable_head_cfg(self.head_cfg)
 
   @property
   def metric(self) -> str:
