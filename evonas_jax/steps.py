@@ -56,6 +56,30 @@ def _mean_over_data(g):
   return g / lax.axis_size(DATA_AXIS)
 
 
+def make_update(tx: optax.GradientTransformation) -> Callable:
+  """update(state, grads_sum, batch_stats, metrics_list) -> (state, metrics): averages the k
+  subnets' gradients and metrics and applies one optimizer step; a non-finite loss or gradient
+  keeps the old state and reports metrics["finite"] = 0."""
+  def update(state, grads, bs, metrics_list):
+    k = len(metrics_list)
+    grads = jax.tree.map(lambda g: g / k, grads)
+    metrics = {name: jnp.mean(jnp.stack([m[name] for m in metrics_list]))
+               for name in metrics_list[0]}
+    metrics["loss_first"] = metrics_list[0]["loss"]
+    metrics["loss_last"] = metrics_list[-1]["loss"]
+    gnorm = optax.global_norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(gnorm)
+    for m in metrics_list:
+      finite &= jnp.isfinite(m["loss"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = {"params": params, "batch_stats": bs, "opt_state": opt_state}
+    # Non-finite step: keep the old state (the last good one) and report it.
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    return new, {**metrics, "grad_norm": gnorm, "finite": finite.astype(jnp.float32)}
+  return update
+
+
 class ShardedTrainStep:
   """step(state, extra, batch, genomes (k, G) numpy, rng) -> (state, metrics).
 
@@ -90,25 +114,7 @@ class ShardedTrainStep:
                                              out_specs=dp))
     self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,))
 
-    def update(state, grads, bs, metrics_list):
-      k = len(metrics_list)
-      grads = jax.tree.map(lambda g: g / k, grads)
-      metrics = {name: jnp.mean(jnp.stack([m[name] for m in metrics_list]))
-                 for name in metrics_list[0]}
-      metrics["loss_first"] = metrics_list[0]["loss"]
-      metrics["loss_last"] = metrics_list[-1]["loss"]
-      gnorm = optax.global_norm(grads)
-      finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(gnorm)
-      for m in metrics_list:
-        finite &= jnp.isfinite(m["loss"])
-      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-      params = optax.apply_updates(state["params"], updates)
-      new = {"params": params, "batch_stats": bs, "opt_state": opt_state}
-      # Non-finite step: keep the old state (the last good one) and report it.
-      new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
-      return new, {**metrics, "grad_norm": gnorm, "finite": finite.astype(jnp.float32)}
-
-    self._update = jax.jit(update, donate_argnums=(0,))
+    self._update = jax.jit(make_update(tx), donate_argnums=(0,))
     # Per-example shape of the in-place KD target (the task's kd_target: (K,) logits for
     # classification, (H, W) depth, (H, W, K) segmentation logits).
     self.target_shape = tuple(target_shape) if target_shape is not None else (num_classes,)

@@ -100,15 +100,16 @@ def make_teacher_prologue(setup: DistillSetup) -> Callable | None:
   return prologue
 
 
-def make_supernet_loss(student, space: SearchSpace, setup: DistillSetup) -> Callable:
-  """Loss of ONE subnet: loss_fn(params, batch_stats, aux, batch, genome (G,), target, use_target,
-  rng) -> (L_i, (batch_stats, metrics, kd_target)).
+def make_subnet_objective(setup: DistillSetup) -> Callable:
+  """The CA-DDKD objective of one subnet given its outputs (shared by masked mode and the
+  compiled engine, `evonas_jax.engine`):
 
-  params = {"student", ["proj_spatial", "proj_frequency"]}; batch_stats likewise (projectors
-  carry BatchNorm). aux = (teacher output, teacher feature) from `make_teacher_prologue` or None;
-  the teacher output is the task's KD target (logits; depth map; segmentation logits).
-  target/use_target: the step's first (largest) subnet's KD target for in-place KD (sandwich).
-  The task (setup.task) supplies the supervised loss ("CE" below) and the KD form.
+  objective(params, batch_stats, aux, batch, out, feats, target, use_target)
+      -> (L_i, (batch_stats, metrics, kd_target))
+
+  out: the student's prediction (logits (B, K) or the dense head's dict); feats: its four stage
+  features (what `return_features` gives). params/batch_stats: only the projector entries
+  ("proj_spatial", "proj_frequency") are read; batch_stats comes back with theirs updated.
   """
   s = setup
   task = _task(setup)
@@ -116,18 +117,9 @@ def make_supernet_loss(student, space: SearchSpace, setup: DistillSetup) -> Call
   use_feat = has_teacher and (s.alpha_spatial > 0 or s.alpha_frequency > 0)
   use_teacher_kd = has_teacher and s.kd_ratio > 0
 
-  def loss_fn(params, batch_stats, aux, batch, genome, target, use_target, rng):
-    images = batch["image"]
-    if s.compute_dtype is not None:
-      params, images = cast_floats(params, s.compute_dtype), images.astype(s.compute_dtype)
+  def objective(params, batch_stats, aux, batch, out, feats, target, use_target):
     t_logits, t_feat = aux if aux is not None else (None, None)
     bs = dict(batch_stats)
-    masks = genome_to_masks(space, genome)
-    out, upd = student.apply(
-        {"params": params["student"], "batch_stats": bs["student"]}, images, masks,
-        train=True, return_features=True, rngs={"dropout": rng}, mutable=["batch_stats"])
-    out, feats = _split_features(out)
-    bs["student"] = upd["batch_stats"]
     ce, task_metrics = task.task_loss(out, batch)
     zero = jnp.zeros(())
     # Output KD target: the teacher, or (sandwich, not the first subnet) the largest subnet.
@@ -160,4 +152,32 @@ def make_supernet_loss(student, space: SearchSpace, setup: DistillSetup) -> Call
                                     alpha_frequency=a2)
     metrics = {**task_metrics, "kd": kd, "spatial": spat, "frequency": freq}
     return total, (bs, metrics, task.kd_target(out))
+  return objective
+
+
+def make_supernet_loss(student, space: SearchSpace, setup: DistillSetup) -> Callable:
+  """Loss of ONE subnet: loss_fn(params, batch_stats, aux, batch, genome (G,), target, use_target,
+  rng) -> (L_i, (batch_stats, metrics, kd_target)).
+
+  params = {"student", ["proj_spatial", "proj_frequency"]}; batch_stats likewise (projectors
+  carry BatchNorm). aux = (teacher output, teacher feature) from `make_teacher_prologue` or None;
+  the teacher output is the task's KD target (logits; depth map; segmentation logits).
+  target/use_target: the step's first (largest) subnet's KD target for in-place KD (sandwich).
+  The task (setup.task) supplies the supervised loss ("CE" below) and the KD form.
+  """
+  s = setup
+  objective = make_subnet_objective(setup)
+
+  def loss_fn(params, batch_stats, aux, batch, genome, target, use_target, rng):
+    images = batch["image"]
+    if s.compute_dtype is not None:
+      params, images = cast_floats(params, s.compute_dtype), images.astype(s.compute_dtype)
+    bs = dict(batch_stats)
+    masks = genome_to_masks(space, genome)
+    out, upd = student.apply(
+        {"params": params["student"], "batch_stats": bs["student"]}, images, masks,
+        train=True, return_features=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+    out, feats = _split_features(out)
+    bs["student"] = upd["batch_stats"]
+    return objective(params, bs, aux, batch, out, feats, target, use_target)
   return loss_fn

@@ -11,6 +11,10 @@ TEACHER_SOURCES = ("train", "checkpoint", "store", "none")
 REDUCTIONS = ("sum", "mean")
 
 
+# Supernet execution engines (evonas_jax.engine): "compiled" (default) and the masked reference.
+ENGINES = ("compiled", "masked")
+
+
 def _need(cond: bool, field: str, allowed: str, got) -> None:
   if not cond:
     raise ValueError(f"config.{field} = {got!r} is not allowed: {allowed}")
@@ -42,6 +46,10 @@ def validate_train_config(c) -> None:
             "checkpoint_every", "keep_checkpoints", "teacher.num_steps", "teacher.eval_every"):
     _pos_int(c, f)
   _pos_int(c, "bn_calibration_batches", 0)
+  _need(c.get("engine", "compiled") in ENGINES, "engine", f"one of {ENGINES}",
+        c.get("engine"))
+  _need(isinstance(c.get("compile_cache_dir", ""), str), "compile_cache_dir",
+        "a directory path, '' (the default per-user cache) or 'none'", c.get("compile_cache_dir"))
   _need(c.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"one of {COMPUTE_DTYPES}",
         c.compute_dtype)
   _need(c.teacher.source in TEACHER_SOURCES, "teacher.source", f"one of {TEACHER_SOURCES}",
@@ -97,6 +105,13 @@ def default_config():
   c.num_steps = 600             # supernet steps (all PST stages together)
   c.drop_path_rate = 0.0
   c.compute_dtype = "float32"   # "bfloat16": bf16 compute with fp32 master params
+  # Supernet execution: "compiled" runs each sampled subnet at its own widths (per-piece
+  # compiled programs, evonas_jax.engine); "masked" runs the full-width supernet with masks (the
+  # reference; one program for every subnet, but every subnet costs more than the largest).
+  c.engine = "compiled"
+  # Persistent XLA compilation cache: '' = the per-user default (~/.cache/evonas_jax/xla or
+  # $EVONAS_JAX_COMPILE_CACHE), 'none' = off, or a directory. A second run compiles nothing.
+  c.compile_cache_dir = ""
   c.init_from = ""              # a supernet workdir/checkpoint to start the student from
   c.log_every = 50
   c.eval_every = 300

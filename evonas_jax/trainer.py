@@ -249,8 +249,15 @@ def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, 
                        inplace_kd=config.sampling.rule == "sandwich" and config.sampling.inplace_kd,
                        inplace_kd_ratio=config.sampling.inplace_kd_ratio,
                        compute_dtype=_dtype(config.compute_dtype), task=rt.task)
-  step_fn = ShardedTrainStep(make_supernet_loss(student, space, setup), tx, mesh,
-                             prologue_fn=make_teacher_prologue(setup), target_shape=rt.target_shape)
+  if config.get("engine", "compiled") == "compiled":
+    from evonas_jax.engine import EngineTrainStep
+    step_fn = EngineTrainStep(student, space, setup, tx, mesh,
+                              prologue_fn=make_teacher_prologue(setup),
+                              target_shape=rt.target_shape, drop_path_rate=config.drop_path_rate)
+  else:
+    step_fn = ShardedTrainStep(make_supernet_loss(student, space, setup), tx, mesh,
+                               prologue_fn=make_teacher_prologue(setup),
+                               target_shape=rt.target_shape)
   return step_fn, state, sched
 
 
@@ -293,17 +300,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state, start, _ = _restore(ckpt, state, train_iter)
 
   eval_model = rt.student(space)
-  eval_step, bn_step = make_task_eval_step(eval_model, rt.task), make_bn_step(eval_model)
   calib_iter = rt.train_iterator(config.data, config.eval_batch_size, config.seed + 1,
                                  process_index=0, process_count=1)
   calib = [next(calib_iter)["image"] for _ in range(config.bn_calibration_batches)]
   metric, short = rt.metric, rt.metric_short
+  if config.get("engine", "compiled") == "compiled":
+    from evonas_jax.engine import EngineEvaluator
+    evaluator = EngineEvaluator(eval_model, space, rt.task)
 
-  def ev(variables, split, arch, full=False):
-    r = evaluate_task(eval_step, variables,
-                      rt.eval_iterator(config.data, split, config.eval_batch_size), space, arch,
-                      rt.task, bn_step=bn_step, calib_batches=calib)
-    return r if full else r[metric]
+    def ev(variables, split, arch, full=False):
+      r = evaluator.evaluate(variables,
+                             rt.eval_iterator(config.data, split, config.eval_batch_size), arch,
+                             calib_batches=calib)
+      return r if full else r[metric]
+  else:
+    eval_step, bn_step = make_task_eval_step(eval_model, rt.task), make_bn_step(eval_model)
+
+    def ev(variables, split, arch, full=False):
+      r = evaluate_task(eval_step, variables,
+                        rt.eval_iterator(config.data, split, config.eval_batch_size), space,
+                        arch, rt.task, bn_step=bn_step, calib_batches=calib)
+      return r if full else r[metric]
   largest, smallest = space.largest(), space.smallest()
 
   def student_vars(st):

@@ -126,6 +126,22 @@ def segments(sizes, full_sizes):
   return jnp.asarray(idx, jnp.int32)
 
 
+def take_segments(x, sizes, full_sizes, axis: int = -1):
+  """The leading `sizes[i]` entries of each segment of `x`'s concatenated `axis` (segments of
+  `full_sizes`), as static slices + one concatenate.
+
+  Same values as `x[..., segments(sizes, full_sizes)]`, but a gather's backward is a scatter-add
+  (measured ~40 ms per VSSD block step on CPU) while a slice's backward is a pad.
+  """
+  axis = axis % x.ndim
+  parts, start = [], 0
+  for n, full in zip(sizes, full_sizes):
+    if n:
+      parts.append(jax.lax.slice_in_dim(x, start, start + n, axis=axis))
+    start += full
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+
+
 def conv_taps(h: int, w: int, k: int = 3, stride: int = 1, count_padding: bool = True) -> int:
   """Kernel taps summed over the output positions of a k x k conv with padding k//2.
 

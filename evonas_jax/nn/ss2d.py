@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from evonas_jax.kernels import cross_merge, cross_scan, selective_scan
-from evonas_jax.nn.layers import Dense, DWConv, LayerNorm, inv_softplus_dt_init, segments
+from evonas_jax.nn.layers import Dense, DWConv, LayerNorm, inv_softplus_dt_init, take_segments
 
 K = 4  # scan directions
 
@@ -70,12 +70,10 @@ class SS2DMixer(nn.Module):
     D, N = full.d_inner, full.d_state
     ds, ns = sub.d_inner, sub.d_state
     r = p["x_proj"].shape[1] - 2 * N
-    in_idx = segments((ds, ds), (D, D))
-    row_idx = segments((r, ns, ns), (r, N, N))
     return {
-        "in_proj": {"kernel": p["in_proj"]["kernel"][:, in_idx]},
+        "in_proj": {"kernel": take_segments(p["in_proj"]["kernel"], (ds, ds), (D, D))},
         "conv": {"kernel": p["conv"]["kernel"][..., :ds], "bias": p["conv"]["bias"][:ds]},
-        "x_proj": p["x_proj"][:, row_idx, :ds],
+        "x_proj": take_segments(p["x_proj"], (r, ns, ns), (r, N, N), axis=1)[..., :ds],
         "dt_proj_w": p["dt_proj_w"][:, :ds], "dt_proj_b": p["dt_proj_b"][:, :ds],
         "A_log": p["A_log"][:, :ds, :ns], "D": p["D"][:, :ds],
         "norm": {"scale": p["norm"]["scale"][:ds], "bias": p["norm"]["bias"][:ds]},
