@@ -265,6 +265,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the whole training job described by `config` in `workdir`; returns the results."""
   t_start = time.time()
   validate_train_config(config)
+  from evonas_jax import compile_cache
+  cache_dir = compile_cache.enable(config.get("compile_cache_dir", ""))
+  compile_stats = compile_cache.CompileStats()
   is_main = jax.process_index() == 0
   workdir = open_workdir(workdir, config) if is_main else os.path.abspath(workdir)
   writer = MetricWriter(workdir)
@@ -376,6 +379,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if rows:
     results["images_per_s_median"] = float(np.median([r["images_per_s"] for r in rows]))
   results["wall_seconds"] = time.time() - t_start
+  results["engine"] = config.get("engine", "compiled")
+  results["compile"] = {**compile_stats.snapshot(), "cache_dir": cache_dir}
+  if hasattr(step_fn, "backbone"):
+    results["compile"]["engine_programs"] = len(step_fn.backbone.programs)
+  c = results["compile"]
+  print(f"[evonas_jax] XLA: {c['compiles']} compiles ({c['compile_s']:.0f} s), "
+        f"{c['cache_hits']} loaded from the persistent cache {cache_dir or '(off)'}", flush=True)
   final = os.path.join(workdir, "final")
   if is_main:
     writer.write(config.num_steps, **{f"{k}_{n}": v[k] for n, v in results["subnets"].items()

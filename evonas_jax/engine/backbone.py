@@ -154,6 +154,9 @@ class CompiledBackbone:
     self.scan_backend = scan_backend
     self.dtype = compute_dtype
     self.programs: set = set()    # keys of the programs built so far (each compiled once)
+    # Per-piece profiling (benchmarks): {piece kind: [seconds, calls]} when set; each piece is
+    # then waited for, which removes the overlap of host dispatch and device work.
+    self.timer: dict | None = None
     self._fwd, self._bwd, self._inf = {}, jax.jit(lambda vjp, dy: vjp(dy)), {}
 
   # ---------------------------------------------------------------- program cache
@@ -207,6 +210,17 @@ class CompiledBackbone:
       fwd = f
     return self._program("down", (s, bn_train), fwd, train)
 
+  def _call(self, kind: str, fn, *args):
+    if self.timer is None:
+      return fn(*args)
+    import time
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    acc = self.timer.setdefault(kind, [0.0, 0])
+    acc[0] += time.perf_counter() - t0
+    acc[1] += 1
+    return out
+
   # ---------------------------------------------------------------- signatures
   def signatures(self, arch: Arch, s: int) -> tuple[MixerSig, MlpSig]:
     hidden, sub = subnet_widths(self.space, arch, s)
@@ -239,24 +253,27 @@ class CompiledBackbone:
     new_bs = dict(batch_stats)
     tape = Tape(None, [], {}, [])
     if train:
-      x, tape.stem_vjp, new_bs["stem"] = self._stem_prog(True, bn_train)(
-          params["stem"], batch_stats["stem"], images)
+      x, tape.stem_vjp, new_bs["stem"] = self._call(
+          "stem_fwd", self._stem_prog(True, bn_train), params["stem"], batch_stats["stem"],
+          images)
     else:
-      x, new_bs["stem"] = self._stem_prog(False, bn_train)(params["stem"], batch_stats["stem"],
-                                                           images)
+      x, new_bs["stem"] = self._call("stem_fwd", self._stem_prog(False, bn_train),
+                                     params["stem"], batch_stats["stem"], images)
     feats = []
     for s in range(self.space.num_stages):
       if s > 0:
         name = f"downsample{s}"
         if train:
-          x, tape.down_vjps[s], new_bs[name] = self._down_prog(s, True, bn_train)(
-              params[name], batch_stats[name], x)
+          x, tape.down_vjps[s], new_bs[name] = self._call(
+              "downsample_fwd", self._down_prog(s, True, bn_train), params[name],
+              batch_stats[name], x)
         else:
-          x, new_bs[name] = self._down_prog(s, False, bn_train)(params[name], batch_stats[name],
-                                                                x)
+          x, new_bs[name] = self._call("downsample_fwd", self._down_prog(s, False, bn_train),
+                                       params[name], batch_stats[name], x)
       msig, lsig = self.signatures(arch, s)
       mix, mlp = self._mixer_prog(msig, train), self._mlp_prog(lsig, train)
       pieces = []
+      mixer_kind = f"{msig.type}_mixer"
       for i in arch.active_blocks(s):
         key = f"stage{s}_block{i}"
         p = params[key]
@@ -265,14 +282,16 @@ class CompiledBackbone:
         pmlp = {k: p[k] for k in MLP_KEYS}
         rate = self._rate(s, i)
         if train:
-          x, vjp = mix(pmix, x, self._block_rng(rng, s, i, 0), rate)
-          pieces.append(("mixer", key, vjp))
-          x, vjp = mlp(pmlp, x, self._block_rng(rng, s, i, 1), rate)
+          x, vjp = self._call(f"{msig.type}_mixer_fwd", mix, pmix, x,
+                              self._block_rng(rng, s, i, 0), rate)
+          pieces.append((mixer_kind, key, vjp))
+          x, vjp = self._call("mlp_fwd", mlp, pmlp, x, self._block_rng(rng, s, i, 1), rate)
           pieces.append(("mlp", key, vjp))
           tape.block_keys.append(key)
         else:
-          x = mix(pmix, x, self._block_rng(rng, s, i, 0), rate)
-          x = mlp(pmlp, x, self._block_rng(rng, s, i, 1), rate)
+          x = self._call(f"{msig.type}_mixer_fwd", mix, pmix, x, self._block_rng(rng, s, i, 0),
+                         rate)
+          x = self._call("mlp_fwd", mlp, pmlp, x, self._block_rng(rng, s, i, 1), rate)
       tape.pieces.append(pieces)
       feats.append(x)
     return feats, new_bs, tape
@@ -286,10 +305,10 @@ class CompiledBackbone:
     for s in reversed(range(self.space.num_stages)):
       dx = dfeats[s] if dx is None else dx + dfeats[s]
       for kind, key, vjp in reversed(tape.pieces[s]):
-        dp, dx = self._bwd(vjp, dx)
+        dp, dx = self._call(f"{kind}_bwd", self._bwd, vjp, dx)
         grads.setdefault(key, {}).update(dp)
       if s > 0:
-        dp, dx = self._bwd(tape.down_vjps[s], dx)
+        dp, dx = self._call("downsample_bwd", self._bwd, tape.down_vjps[s], dx)
         grads[f"downsample{s}"] = dp
-    (grads["stem"],) = self._bwd(tape.stem_vjp, dx)
+    (grads["stem"],) = self._call("stem_bwd", self._bwd, tape.stem_vjp, dx)
     return grads

@@ -111,8 +111,8 @@ class EngineTrainStep(ShardedTrainStep):
                                                    rng=rng)
     tail_params = {"student": p_tail, **{k: v for k, v in params.items() if k != "student"}}
     tail_bs = {"student": bs_tail, **{k: v for k, v in bs.items() if k != "student"}}
-    dtp, dfeats, new_tail_bs, metrics, kd_target = self._tail(tail_params, feats, tail_bs, aux,
-                                                              batch, target_in, use)
+    dtp, dfeats, new_tail_bs, metrics, kd_target = self.backbone._call(
+        "tail_loss_fwd_bwd", self._tail, tail_params, feats, tail_bs, aux, batch, target_in, use)
     g_bb = _fill(self.backbone.backward(tape, dfeats), self._zero_backbone(params))
     grads = {k: v for k, v in dtp.items() if k != "student"}
     grads["student"] = _join(g_bb, dtp["student"], self.dense)
@@ -123,7 +123,8 @@ class EngineTrainStep(ShardedTrainStep):
   def __call__(self, state, extra, batch, genomes, rng):
     t0 = time.perf_counter()
     genomes = np.asarray(genomes, np.int32)
-    aux = self._prologue(extra, batch) if self._prologue is not None else None
+    aux = (self.backbone._call("teacher", self._prologue, extra, batch)
+           if self._prologue is not None else None)
     bs, grads, metrics_list, target = state["batch_stats"], None, [], None
     keys = jax.random.split(rng, genomes.shape[0])
     for i in range(genomes.shape[0]):
@@ -137,7 +138,7 @@ class EngineTrainStep(ShardedTrainStep):
         target = kd_target
       grads = g if grads is None else self._add(grads, g)
       metrics_list.append(m)
-    out = self._update(state, grads, bs, metrics_list)
+    out = self.backbone._call("optimizer_update", self._update, state, grads, bs, metrics_list)
     self.step_seconds.append(time.perf_counter() - t0)
     return out
 

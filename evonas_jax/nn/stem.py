@@ -9,7 +9,29 @@ import flax.linen as nn
 from evonas_jax.nn.layers import DWConv, conv_taps
 
 
+class Conv1x1(nn.Module):
+  """1x1 convolution as a rank-2 matmul over (tokens, Cin), with nn.Conv's parameter layout
+  (kernel (1, 1, Cin, features), bias (features,)) and initialisers.
+
+  XLA:CPU runs a 1x1 `conv_general_dilated` through its convolution path: measured 23.6 ms
+  (forward + backward, 32x16x16x64 -> 512) against 6.7 ms for the same matmul.
+  """
+  features: int
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, cin, self.features))
+    y = x.reshape(-1, cin) @ kernel.reshape(cin, self.features).astype(x.dtype)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
+    return y.reshape(*x.shape[:-1], self.features)
+
+
 def _conv(features, k, stride=1, use_bias=False, name=None):
+  if k == 1 and stride == 1:
+    return Conv1x1(features, use_bias=use_bias, name=name)
   pad = ((k // 2, k // 2),) * 2   # PyTorch padding k//2: output ceil(H / stride)
   return nn.Conv(features, (k, k), strides=(stride, stride), padding=pad, use_bias=use_bias,
                  name=name)

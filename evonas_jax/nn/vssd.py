@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from evonas_jax.nn.layers import Dense, DWConv, LayerNorm, inv_softplus_dt_init, take_segments
+from evonas_jax.nn.layers import (Dense, DWConv, LayerNorm, SplitDense, inv_softplus_dt_init,
+                                  take_segments)
 
 
 class VSSDMixer(nn.Module):
@@ -31,8 +32,7 @@ class VSSDMixer(nn.Module):
   def __call__(self, x, mask=None):
     b, hgt, wid, c = x.shape
     d, n, nh = self.d_inner, self.d_state, self.heads
-    zxbcdt = Dense(2 * d + 2 * n + nh, use_bias=False, name="in_proj")(x)
-    z, xbc, dt = jnp.split(zxbcdt, [d, 2 * d + 2 * n], axis=-1)
+    z, xbc, dt = SplitDense((d, d + 2 * n, nh), name="in_proj")(x)
     xbc = nn.silu(DWConv(d + 2 * n, name="conv")(xbc))
     xv, bm, cm = jnp.split(xbc, [d, d + n], axis=-1)
     inner = None
@@ -53,8 +53,10 @@ class VSSDMixer(nn.Module):
       hd = d // nh
       xh = tok(xv).reshape(b, hgt * wid, nh, hd)                        # (B, L, nh, hd)
       kv = jnp.einsum("bln,blhp->bnhp", tok(bm), xh * tok(w)[..., None])
-      y = jnp.einsum("bln,bnhp->blhp", tok(cm), kv) + d_skip[:, None] * xh
-      y = y.reshape(b, hgt, wid, d)
+      y = jnp.einsum("bln,bnhp->blhp", tok(cm), kv).reshape(b, hgt, wid, d)
+      # D per channel as a (d,) vector: a last-axis broadcast, which XLA does not materialise
+      # (a (nh, 1) broadcast over (B, L, nh, hd) was written out in full: ~5 ms per block).
+      y = y + xv * jnp.repeat(d_skip, hd)
     else:
       d_active = inner.sum().astype(jnp.int32)
       head_idx = jnp.minimum(jnp.arange(d) // (d_active // nh), nh - 1)  # (d,) channel -> head

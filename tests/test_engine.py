@@ -1,0 +1,266 @@
+"""The compiled engine (evonas_jax.engine) against the masked-mode reference.
+
+The masked supernet (full width + masks, one program) is the reference the whole project is
+tested against (masked == sliced == standalone, test_supernet.py). The engine runs the sampled
+subnet piece by piece at its own widths, so its gradients, BatchNorm statistics, metrics and
+predictions must equal the masked ones: the only difference is float32 summation order.
+
+Tolerances: 1e-5 absolute on gradients whose largest entries are ~30 (observed max difference
+2e-6), and on activations/logits of order 1. The CA-DDKD frequency loss is left out of the
+gradient comparison (alpha_frequency = 0): at initialisation its mean-centred projection is a
+difference of nearly equal numbers, which amplifies the 1e-7 relative rounding differences of
+the two summation orders to ~1e-3 relative in its own gradient (measured), whatever the engine.
+Both engines run the same objective code for it (supernet_loss.make_subnet_objective).
+"""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from evonas_jax import data as data_lib
+from evonas_jax import parallel
+from evonas_jax.engine import CompiledBackbone, EngineEvaluator, EngineTrainStep
+from evonas_jax.nn.supernet import EvoNet, init_supernet, supernet_spec
+from evonas_jax.nn.teacher import teacher_from_config
+from evonas_jax.pst import PSTSchedule
+from evonas_jax.space import arch_masks, get_space
+from evonas_jax.steps import ShardedTrainStep
+from evonas_jax.supernet_loss import DistillSetup, make_supernet_loss
+from evonas_jax.supernet_train import make_bn_step, recalibrate_bn
+from evonas_jax.tasks import Classification, get_task
+from evonas_jax.trainer import make_supernet_trainer
+from helpers import load_config, use_digits
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _assert_trees_close(got, want, atol, what):
+  g, w = _flat(got), _flat(want)
+  assert g.keys() == w.keys(), f"{what}: keys differ: {sorted(set(g) ^ set(w))[:6]}"
+  worst = max(((float(np.max(np.abs(g[k] - w[k]))) if w[k].size else 0.0), k) for k in w)
+  assert worst[0] <= atol, f"{what}: max |diff| {worst[0]:.3g} at {worst[1]}"
+
+
+def _archs(space, n_random=2, seed=0):
+  return [space.largest(), space.smallest()] + [
+      space.decode(np.asarray(space.sample(jax.random.key(seed + i)))) for i in range(n_random)]
+
+
+@pytest.fixture(scope="module")
+def distill_trainers(tmp_path_factory):
+  """Masked and engine supernet trainers of the same CA-DDKD config (teacher KD + spatial
+  projector with BatchNorm), same initial state, one device."""
+  tmp = tmp_path_factory.mktemp("engine")
+  c = use_digits(load_config("ci_tiny"), tmp)
+  c.batch_size = 16
+  c.pst.enabled = False
+  c.distill.alpha_frequency = 0.0
+  space = get_space("evonas", "tiny")
+  info = data_lib.dataset_info(c.data)
+  teacher = teacher_from_config(c.teacher.model, info.num_classes)
+  t_vars = jax.jit(functools.partial(teacher.init, train=False))(
+      jax.random.key(5), jnp.zeros((1, *info.image_shape)))
+  mesh = parallel.make_data_mesh(1)
+  schedule = PSTSchedule(c.num_steps, enabled=False, k_max=1)
+  out = {}
+  for engine in ("masked", "compiled"):
+    c.engine = engine
+    step_fn, state, _ = make_supernet_trainer(c, space, info, schedule, teacher,
+                                              parallel.replicate(mesh, t_vars), mesh,
+                                              jax.random.key(0), tx=optax.sgd(0.01))
+    # Sharper projector queries: a well-conditioned spatial loss (see test_train_parallel).
+    p = state["params"]
+    p["proj_spatial"] = dict(p["proj_spatial"], queries=p["proj_spatial"]["queries"] * 50.0)
+    out[engine] = (step_fn, state)
+  batch = next(data_lib.train_iterator(c.data, c.batch_size, seed=0))
+  return dict(space=space, mesh=mesh, t_vars=t_vars, batch=batch, c=c, info=info,
+              teacher=teacher, schedule=schedule, **out)
+
+
+def test_engine_subnet_gradients_equal_masked(distill_trainers):
+  d = distill_trainers
+  mesh, space = d["mesh"], d["space"]
+  (masked, m_state), (engine, e_state) = d["masked"], d["compiled"]
+  assert isinstance(engine, EngineTrainStep) and not isinstance(masked, EngineTrainStep)
+  b = parallel.shard_batch(mesh, {"image": d["batch"]["image"], "label": d["batch"]["label"]})
+  tv = parallel.replicate(mesh, d["t_vars"])
+  aux = masked._prologue(tv, b)
+  target, use = masked._no_target(b["image"].shape[0])
+  for arch in _archs(space):
+    genome = np.asarray(space.encode(arch), np.int32)
+    want = jax.device_get(masked._grad(m_state["params"], m_state["batch_stats"], aux, b,
+                                       parallel.replicate(mesh, genome), target, use,
+                                       jax.random.key(1)))
+    got = jax.device_get(engine.subnet_grad(e_state["params"], e_state["batch_stats"], aux, b,
+                                            genome, target, use, jax.random.key(1)))
+    _assert_trees_close(got[0], want[0], 1e-5, f"grads of {arch}")
+    _assert_trees_close(got[1], want[1], 1e-5, f"batch_stats of {arch}")
+    _assert_trees_close(got[3], want[3], 1e-5, f"logits of {arch}")
+    for k in ("loss", "ce", "kd", "spatial"):
+      np.testing.assert_allclose(got[2][k], want[2][k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # Exactly zero outside the subnet: a skipped block's whole gradient.
+    skipped = [i for i, bit in enumerate(arch.depth[2]) if not bit]
+    for i in skipped:
+      assert all(np.all(v == 0) for v in _flat(got[0]["student"][f"stage2_block{i}"]).values())
+
+
+def test_engine_step_equals_masked_step_and_sandwich_target(distill_trainers):
+  """Whole steps (k = 2: gradients summed over subnets, in-place KD target from the first one,
+  optimizer update) agree, then an 8-device engine step equals the 1-device one."""
+  d = distill_trainers
+  space, c = d["space"], d["c"]
+  genomes = np.stack([space.encode(a) for a in _archs(space, 1, seed=7)[1:3]]).astype(np.int32)
+  tv1 = parallel.replicate(d["mesh"], d["t_vars"])
+  b1 = parallel.shard_batch(d["mesh"], {"image": d["batch"]["image"],
+                                         "label": d["batch"]["label"]})
+  results = {}
+  for engine in ("masked", "compiled"):
+    step_fn, state = d[engine]
+    state = jax.tree.map(jnp.copy, state)   # the fixture's state is reused (steps donate)
+    new, m = step_fn(state, tv1, b1, genomes, jax.random.key(3))
+    results[engine] = (jax.device_get(new), jax.device_get(m))
+  _assert_trees_close(results["compiled"][0]["params"], results["masked"][0]["params"], 1e-6,
+                      "params after one SGD step")
+  _assert_trees_close(results["compiled"][0]["batch_stats"],
+                      results["masked"][0]["batch_stats"], 1e-5, "batch_stats after one step")
+  np.testing.assert_allclose(results["compiled"][1]["loss"], results["masked"][1]["loss"],
+                             rtol=1e-5)
+  # 8 devices: XLA partitions the engine's programs over the batch; same result.
+  mesh8 = parallel.make_data_mesh(8)
+  c.engine = "compiled"
+  step8, state8 = make_supernet_trainer(c, space, d["info"], d["schedule"], d["teacher"],
+                                        parallel.replicate(mesh8, d["t_vars"]), mesh8,
+                                        jax.random.key(0), tx=optax.sgd(0.01))[:2]
+  p = state8["params"]
+  p["proj_spatial"] = dict(p["proj_spatial"], queries=p["proj_spatial"]["queries"] * 50.0)
+  b8 = parallel.shard_batch(mesh8, {"image": d["batch"]["image"], "label": d["batch"]["label"]})
+  new8, m8 = step8(state8, parallel.replicate(mesh8, d["t_vars"]), b8, genomes,
+                   jax.random.key(3))
+  _assert_trees_close(jax.device_get(new8["params"]), results["compiled"][0]["params"], 1e-6,
+                      "8-device params")
+  _assert_trees_close(jax.device_get(new8["batch_stats"]), results["compiled"][0]["batch_stats"],
+                      1e-5, "8-device batch_stats")
+
+
+def test_engine_backbone_hybrid_space_equals_masked():
+  """Every mixer type (VSSD, SS2D selective scan, attention) and drop-path off: stage features
+  and the vjp of a random cotangent through the backbone equal masked mode's."""
+  space = get_space("hybrid", "tiny")
+  model, v = init_supernet(space, 10, jax.random.key(0), (16, 16, 1))
+  eng = CompiledBackbone(space)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 16, 16, 1)).astype(np.float32))
+  archs = [space.decode(np.asarray(space.sample(jax.random.key(i)))) for i in range(6)]
+  types = {t for a in archs for t in a.block_type}
+  assert types == {"vssd", "ss2d", "attention"}, types
+  bb = {k: w for k, w in v["params"].items() if k.startswith(("stem", "downsample", "stage"))}
+
+  def masked_feats(params, masks):
+    feats, _ = model.apply({"params": {**v["params"], **params}, "batch_stats": v["batch_stats"]},
+                           x, masks, train=True, return_features=True, mutable=["batch_stats"])
+    return feats[1]
+
+  for arch in archs:
+    masks = arch_masks(space, arch)
+    want, vjp = jax.vjp(lambda p: masked_feats(p, masks), bb)
+    cot = [jnp.asarray(rng.normal(size=f.shape).astype(np.float32)) for f in want]
+    (want_g,) = vjp(cot)
+    got, _, tape = eng.forward(bb, v["batch_stats"], x, arch, train=True)
+    got_g = eng.backward(tape, cot)
+    for s in range(4):
+      np.testing.assert_allclose(got[s], want[s], atol=1e-5, err_msg=f"{arch} stage {s}")
+    for k, g in want_g.items():
+      ran = got_g.get(k, {})
+      for path, val in _flat(g).items():
+        sub = _flat(ran).get(path)
+        if sub is None:   # not run by the engine: the masked gradient must be exactly zero
+          assert np.all(val == 0), (arch, k, path)
+        else:
+          np.testing.assert_allclose(sub, val, atol=1e-5, err_msg=f"{arch} {k}{path}")
+
+
+def test_engine_evaluator_equals_masked_recalibrated_eval():
+  space = get_space("evonas", "tiny")
+  model, v = init_supernet(space, 10, jax.random.key(1), (16, 16, 1))
+  rng = np.random.default_rng(1)
+  calib = [jnp.asarray(rng.normal(size=(8, 16, 16, 1)).astype(np.float32)) for _ in range(2)]
+  images = jnp.asarray(rng.normal(size=(8, 16, 16, 1)).astype(np.float32))
+  ev = EngineEvaluator(model, space, Classification())
+  bn_step = make_bn_step(model)
+  for arch in _archs(space, 1, seed=3):
+    masks = arch_masks(space, arch)
+    want_v = recalibrate_bn(bn_step, v, calib, masks)
+    want = model.apply(want_v, images, masks)
+    got_v = ev.recalibrate_bn(v, calib, arch)
+    _assert_trees_close(got_v["batch_stats"], want_v["batch_stats"], 1e-5, "recalibrated BN")
+    np.testing.assert_allclose(ev.predict(got_v, images, arch), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["segmentation", "depth"])
+def test_engine_dense_gradients_equal_masked(head):
+  """DenseEvoNet: outnorms + decoder (with its BatchNorm) as the engine's tail."""
+  from evonas_jax.nn.dense import init_dense_model
+  space = get_space("evonas", "tiny")
+  k = 5
+  model, v = init_dense_model(space, head, (), k, 10.0, jax.random.key(2), (32, 32, 3))
+  rng = np.random.default_rng(2)
+  batch = {"image": rng.normal(size=(2, 32, 32, 3)).astype(np.float32)}
+  if head == "segmentation":
+    task = get_task("segmentation", num_classes=k, ignore_label=255, aux_weight=0.4)
+    batch["label"] = rng.integers(0, k, (2, 32, 32)).astype(np.int32)
+  else:
+    task = get_task("depth", min_depth=1e-3, max_depth=10.0)
+    batch["depth"] = rng.uniform(0.5, 9.0, (2, 32, 32)).astype(np.float32)
+  mesh = parallel.make_data_mesh(1)
+  setup = DistillSetup(teacher=None, projector=None, task=task)
+  tx = optax.sgd(0.1)
+  masked = ShardedTrainStep(make_supernet_loss(model.clone(bn_axis_name=parallel.DATA_AXIS),
+                                               space, setup), tx, mesh,
+                            target_shape=task.target_shape((32, 32, 3)))
+  engine = EngineTrainStep(model, space, setup, tx, mesh,
+                           target_shape=task.target_shape((32, 32, 3)))
+  params = parallel.replicate(mesh, {"student": v["params"]})
+  bs = parallel.replicate(mesh, {"student": v["batch_stats"]})
+  b = parallel.shard_batch(mesh, batch)
+  target, use = masked._no_target(2)
+  for arch in _archs(space, 1, seed=11):
+    genome = np.asarray(space.encode(arch), np.int32)
+    want = jax.device_get(masked._grad(params, bs, None, b, parallel.replicate(mesh, genome),
+                                       target, use, jax.random.key(0)))
+    got = jax.device_get(engine.subnet_grad(params, bs, None, b, genome, target, use,
+                                            jax.random.key(0)))
+    _assert_trees_close(got[0], want[0], 1e-5, f"{head} grads of {arch}")
+    _assert_trees_close(got[1], want[1], 1e-5, f"{head} batch_stats of {arch}")
+    np.testing.assert_allclose(got[2]["loss"], want[2]["loss"], rtol=1e-5)
+
+
+def test_engine_compiles_once_per_width_signature():
+  """Programs are keyed by width signature, shared by every block of a stage and every subnet
+  with the same widths: training two subnets that differ only in depth builds nothing new."""
+  space = get_space("evonas", "tiny")
+  _, v = init_supernet(space, 10, jax.random.key(0), (16, 16, 1))
+  eng = CompiledBackbone(space)
+  bb = {k: w for k, w in v["params"].items() if k.startswith(("stem", "downsample", "stage"))}
+  x = jnp.zeros((2, 16, 16, 1))
+  big = space.largest()
+  eng.backward(eng.forward(bb, v["batch_stats"], x, big, train=True)[2],
+               [jnp.ones(f.shape) for f in eng.forward(bb, v["batch_stats"], x, big,
+                                                        train=True)[0]])
+  n = len(eng.programs)
+  # stem + 3 downsamples + (mixer + mlp) x 4 stages, train mode
+  assert n == 1 + 3 + 8, sorted(eng.programs)
+  shallower = dataclasses.replace(big, depth=tuple((0,) + tuple(d[1:]) for d in big.depth))
+  eng.forward(bb, v["batch_stats"], x, shallower, train=True)
+  assert len(eng.programs) == n
+  # other widths at stage 0 -> exactly two new pieces (its mixer and mlp halves)
+  mlp = list(big.mlp_ratio)
+  mlp[0] = space.mlp_choices[0]
+  eng.forward(bb, v["batch_stats"], x, dataclasses.replace(big, mlp_ratio=tuple(mlp)), train=True)
+  assert len(eng.programs) == n + 1
