@@ -132,9 +132,9 @@ MLP_KEYS = ("cpe2", "norm2", "mlp")
 @dataclasses.dataclass
 class Tape:
   """What the forward of one subnet leaves for its backward (host objects)."""
-  stem_vjp: Any
-  pieces: list          # per stage: [(kind, block_key, vjp), ...] in forward order
-  down_vjps: dict       # stage -> vjp
+  stem_vjp: Any         # (vjp residuals, backward program)
+  pieces: list          # per stage: [(kind, block_key, vjp, backward program), ...], forward order
+  down_vjps: dict       # stage -> (vjp, backward program)
   block_keys: list      # supernet block param names that ran
 
 
@@ -157,7 +157,7 @@ class CompiledBackbone:
     # Per-piece profiling (benchmarks): {piece kind: [seconds, calls]} when set; each piece is
     # then waited for, which removes the overlap of host dispatch and device work.
     self.timer: dict | None = None
-    self._fwd, self._bwd, self._inf = {}, jax.jit(lambda vjp, dy: vjp(dy)), {}
+    self._fwd, self._bwd, self._inf = {}, {}, {}
 
   # ---------------------------------------------------------------- program cache
   def _program(self, kind: str, key, fn, train: bool):
@@ -167,7 +167,14 @@ class CompiledBackbone:
     if k not in table:
       self.programs.add((kind, key, "train" if train else "eval"))
       table[k] = jax.jit(fn)
+      if train:
+        # One backward program per forward program: a jit shared by all pieces would be keyed
+        # on the vjp pytree's structure alone, which two different pieces can share.
+        self._bwd[k] = jax.jit(lambda vjp, dy: vjp(dy))
     return table[k]
+
+  def _backward_of(self, kind: str, key):
+    return self._bwd[(kind, key)]
 
   def _mixer_prog(self, sig: MixerSig, train: bool):
     f = functools.partial(mixer_half, sig=sig, train=train, drop=self.drop,
@@ -253,9 +260,10 @@ class CompiledBackbone:
     new_bs = dict(batch_stats)
     tape = Tape(None, [], {}, [])
     if train:
-      x, tape.stem_vjp, new_bs["stem"] = self._call(
+      x, vjp, new_bs["stem"] = self._call(
           "stem_fwd", self._stem_prog(True, bn_train), params["stem"], batch_stats["stem"],
           images)
+      tape.stem_vjp = (vjp, self._backward_of("stem", bn_train))
     else:
       x, new_bs["stem"] = self._call("stem_fwd", self._stem_prog(False, bn_train),
                                      params["stem"], batch_stats["stem"], images)
@@ -264,9 +272,10 @@ class CompiledBackbone:
       if s > 0:
         name = f"downsample{s}"
         if train:
-          x, tape.down_vjps[s], new_bs[name] = self._call(
+          x, vjp, new_bs[name] = self._call(
               "downsample_fwd", self._down_prog(s, True, bn_train), params[name],
               batch_stats[name], x)
+          tape.down_vjps[s] = (vjp, self._backward_of("down", (s, bn_train)))
         else:
           x, new_bs[name] = self._call("downsample_fwd", self._down_prog(s, False, bn_train),
                                        params[name], batch_stats[name], x)
@@ -284,9 +293,9 @@ class CompiledBackbone:
         if train:
           x, vjp = self._call(f"{msig.type}_mixer_fwd", mix, pmix, x,
                               self._block_rng(rng, s, i, 0), rate)
-          pieces.append((mixer_kind, key, vjp))
+          pieces.append((mixer_kind, key, vjp, self._backward_of("mixer", msig)))
           x, vjp = self._call("mlp_fwd", mlp, pmlp, x, self._block_rng(rng, s, i, 1), rate)
-          pieces.append(("mlp", key, vjp))
+          pieces.append(("mlp", key, vjp, self._backward_of("mlp", lsig)))
           tape.block_keys.append(key)
         else:
           x = self._call(f"{msig.type}_mixer_fwd", mix, pmix, x, self._block_rng(rng, s, i, 0),
@@ -304,11 +313,13 @@ class CompiledBackbone:
     dx = None
     for s in reversed(range(self.space.num_stages)):
       dx = dfeats[s] if dx is None else dx + dfeats[s]
-      for kind, key, vjp in reversed(tape.pieces[s]):
-        dp, dx = self._call(f"{kind}_bwd", self._bwd, vjp, dx)
+      for kind, key, vjp, bwd in reversed(tape.pieces[s]):
+        dp, dx = self._call(f"{kind}_bwd", bwd, vjp, dx)
         grads.setdefault(key, {}).update(dp)
       if s > 0:
-        dp, dx = self._call("downsample_bwd", self._bwd, tape.down_vjps[s], dx)
+        vjp, bwd = tape.down_vjps[s]
+        dp, dx = self._call("downsample_bwd", bwd, vjp, dx)
         grads[f"downsample{s}"] = dp
-    (grads["stem"],) = self._call("stem_bwd", self._bwd, tape.stem_vjp, dx)
+    vjp, bwd = tape.stem_vjp
+    (grads["stem"],) = self._call("stem_bwd", bwd, vjp, dx)
     return grads

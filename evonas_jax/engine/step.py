@@ -67,17 +67,17 @@ class EngineTrainStep(ShardedTrainStep):
     tail_apply = make_tail_apply(student)
     dtype = setup.compute_dtype
 
-    def tail_loss(tail_params, feats, tail_bs, aux, batch, target, use_target):
+    def tail_loss(tail_params, feats, tail_bs, aux, batch, target, use_target, rng):
       """tail_params = {"student": head params, "proj_*": ...}; feats: raw stage outputs."""
       p = cast_tree(tail_params, dtype)
       out, student_feats, new_student_bs = tail_apply(p["student"], tail_bs["student"], feats,
-                                                      batch["image"].shape[1:3], True)
+                                                      batch["image"].shape[1:3], True, rng)
       bs = {**tail_bs, "student": new_student_bs}
       return objective(p, bs, aux, batch, out, student_feats, target, use_target)
 
-    def tail_fwd(tail_params, feats, tail_bs, aux, batch, target, use_target):
+    def tail_fwd(tail_params, feats, tail_bs, aux, batch, target, use_target, rng):
       loss, vjp, (bs, metrics, kd_target) = jax.vjp(
-          lambda tp, f: tail_loss(tp, f, tail_bs, aux, batch, target, use_target),
+          lambda tp, f: tail_loss(tp, f, tail_bs, aux, batch, target, use_target, rng),
           tail_params, feats, has_aux=True)
       dtp, dfeats = vjp(jnp.ones_like(loss))
       return dtp, dfeats, bs, {"loss": loss, **metrics}, kd_target
@@ -111,8 +111,12 @@ class EngineTrainStep(ShardedTrainStep):
                                                    rng=rng)
     tail_params = {"student": p_tail, **{k: v for k, v in params.items() if k != "student"}}
     tail_bs = {"student": bs_tail, **{k: v for k, v in bs.items() if k != "student"}}
+    # The masked step folds its key with the device index; on one device this is its stream
+    # (the head's dropout masks match it; on N devices the engine draws one global-batch mask).
+    head_rng = jax.random.fold_in(rng, 0)
     dtp, dfeats, new_tail_bs, metrics, kd_target = self.backbone._call(
-        "tail_loss_fwd_bwd", self._tail, tail_params, feats, tail_bs, aux, batch, target_in, use)
+        "tail_loss_fwd_bwd", self._tail, tail_params, feats, tail_bs, aux, batch, target_in, use,
+        head_rng)
     g_bb = _fill(self.backbone.backward(tape, dfeats), self._zero_backbone(params))
     grads = {k: v for k, v in dtp.items() if k != "student"}
     grads["student"] = _join(g_bb, dtp["student"], self.dense)

@@ -8,6 +8,7 @@ modules, so the state, checkpoints and `init_from` are the same whatever the eng
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from evonas_jax.nn.layers import Dense, LayerNorm
@@ -55,22 +56,26 @@ def _dense_tail(module, feats, image_hw, train):
 
 
 def make_tail_apply(student, num_classes: int | None = None):
-  """tail(params, batch_stats, feats, image_hw, train) -> (out, student_feats, new_batch_stats).
+  """tail(params, batch_stats, feats, image_hw, train, rng=None) -> (out, student_feats,
+  new_batch_stats).
 
   feats: the four raw backbone stage outputs [(B, H_s, W_s, dims[s])]. out: logits (B, K) or the
   dense head's dict; student_feats: what `return_features` gives (raw maps for EvoNet, the
   outnormed maps for DenseEvoNet) -- the features CA-DDKD distils.
   student: the masked-mode module (EvoNet or DenseEvoNet); its bn_axis_name is dropped (the
   engine runs under jit, where BatchNorm statistics are already over the global batch).
+  rng: the "dropout" key of a train-mode head (the same key the masked student gets: the head
+  sits at the same module path, so it draws the same dropout masks).
   """
   if is_dense(student):
     module = student.clone(bn_axis_name=None)
 
-    def tail(params, batch_stats, feats, image_hw, train):
+    def tail(params, batch_stats, feats, image_hw, train, rng=None):
       v = {"params": params, "batch_stats": batch_stats}
       if train:
+        rngs = {"dropout": rng if rng is not None else jax.random.key(0)}
         (out, normed), upd = module.apply(v, feats, tuple(image_hw), True, method=_dense_tail,
-                                          mutable=["batch_stats"])
+                                          mutable=["batch_stats"], rngs=rngs)
         return out, normed, upd["batch_stats"]
       out, normed = module.apply(v, feats, tuple(image_hw), False, method=_dense_tail)
       return out, normed, batch_stats
@@ -78,8 +83,8 @@ def make_tail_apply(student, num_classes: int | None = None):
 
   head = ClassifierTail(student.num_classes if num_classes is None else num_classes)
 
-  def tail(params, batch_stats, feats, image_hw, train):
-    del image_hw, train
+  def tail(params, batch_stats, feats, image_hw, train, rng=None):
+    del image_hw, train, rng
     return head.apply({"params": params}, feats[-1]), feats, batch_stats
   return tail
 
@@ -87,6 +92,5 @@ def make_tail_apply(student, num_classes: int | None = None):
 def cast_tree(tree, dtype):
   if dtype is None:
     return tree
-  import jax
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                       tree)
