@@ -128,6 +128,8 @@ def test_engine_step_equals_masked_step_and_sandwich_target(distill_trainers):
   tv1 = parallel.replicate(d["mesh"], d["t_vars"])
   b1 = parallel.shard_batch(d["mesh"], {"image": d["batch"]["image"],
                                          "label": d["batch"]["label"]})
+  # One state layout for both engines: checkpoints, resume and init_from cross over.
+  assert jax.tree.structure(d["masked"][1]) == jax.tree.structure(d["compiled"][1])
   results = {}
   for engine in ("masked", "compiled"):
     step_fn, state = d[engine]

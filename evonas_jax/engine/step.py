@@ -60,6 +60,7 @@ class EngineTrainStep(ShardedTrainStep):
     self.mesh, self.tx, self.space = mesh, tx, space
     self.dense = is_dense(student)
     self.backbone = CompiledBackbone(space, drop_path_rate, scan_backend, setup.compute_dtype)
+    self.backbone.sync = mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
     if setup.projector is not None:
       # Under jit (no shard_map) BatchNorm statistics are already over the global batch.
       setup = dataclasses.replace(setup, projector=setup.projector.clone(bn_axis_name=None))
