@@ -45,13 +45,11 @@ from evonas_jax.nn.mlp import Mlp
 from evonas_jax.nn.stem import PatchMerging, Stem
 from evonas_jax.nn.supernet import subnet_widths, supernet_spec
 from evonas_jax.space import Arch, SearchSpace
+from evonas_jax.steps import cast_floats
 
 
 def _cast(tree, dtype):
-  if dtype is None:
-    return tree
-  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                      tree)
+  return tree if dtype is None else cast_floats(tree, dtype)
 
 
 def _drop_path(y, rate, rng):
@@ -181,26 +179,23 @@ class CompiledBackbone:
   def _backward_of(self, kind: str, key):
     return self._bwd[(kind, key)]
 
-  def _mixer_prog(self, sig: MixerSig, train: bool):
-    f = functools.partial(mixer_half, sig=sig, train=train, drop=self.drop,
-                          scan_backend=self.scan_backend, dtype=self.dtype)
+  def _half_prog(self, kind: str, sig, f, train: bool):
+    """Program of a block half f(p, x, rng, rate): with its vjp residuals when training."""
     if train:
       def fwd(p, x, rng, rate):
         return jax.vjp(lambda p_, x_: f(p_, x_, rng, rate), p, x)
     else:
-      def fwd(p, x, rng, rate):
-        return f(p, x, rng, rate)
-    return self._program("mixer", sig, fwd, train)
+      fwd = f
+    return self._program(kind, sig, fwd, train)
+
+  def _mixer_prog(self, sig: MixerSig, train: bool):
+    return self._half_prog("mixer", sig, functools.partial(
+        mixer_half, sig=sig, train=train, drop=self.drop, scan_backend=self.scan_backend,
+        dtype=self.dtype), train)
 
   def _mlp_prog(self, sig: MlpSig, train: bool):
-    f = functools.partial(mlp_half, sig=sig, train=train, drop=self.drop, dtype=self.dtype)
-    if train:
-      def fwd(p, x, rng, rate):
-        return jax.vjp(lambda p_, x_: f(p_, x_, rng, rate), p, x)
-    else:
-      def fwd(p, x, rng, rate):
-        return f(p, x, rng, rate)
-    return self._program("mlp", sig, fwd, train)
+    return self._half_prog("mlp", sig, functools.partial(
+        mlp_half, sig=sig, train=train, drop=self.drop, dtype=self.dtype), train)
 
   def _stem_prog(self, train: bool, bn_train: bool):
     f = functools.partial(stem_fn, dim=self.spec.dims[0], train=bn_train, dtype=self.dtype)

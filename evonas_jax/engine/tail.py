@@ -90,7 +90,6 @@ def make_tail_apply(student, num_classes: int | None = None):
 
 
 def cast_tree(tree, dtype):
-  if dtype is None:
-    return tree
-  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                      tree)
+  """Floating leaves cast to `dtype` (None: unchanged)."""
+  from evonas_jax.steps import cast_floats
+  return tree if dtype is None else cast_floats(tree, dtype)

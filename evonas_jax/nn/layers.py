@@ -217,22 +217,12 @@ def inv_softplus_dt_init(key, shape, dt_min=1e-3, dt_max=0.1, dt_floor=1e-4):
   return dt + jnp.log(-jnp.expm1(-dt))
 
 
-def segments(sizes, full_sizes):
-  """Index array selecting the leading `sizes[i]` entries of each segment of a concatenated
-  axis whose segments have `full_sizes` (the OFA/AutoFormer segment-wise slicing)."""
-  idx, start = [], 0
-  for n, full in zip(sizes, full_sizes):
-    idx.extend(range(start, start + n))
-    start += full
-  return jnp.asarray(idx, jnp.int32)
-
-
 def take_segments(x, sizes, full_sizes, axis: int = -1):
   """The leading `sizes[i]` entries of each segment of `x`'s concatenated `axis` (segments of
   `full_sizes`), as static slices + one concatenate.
 
-  Same values as `x[..., segments(sizes, full_sizes)]`, but a gather's backward is a scatter-add
-  (measured ~40 ms per VSSD block step on CPU) while a slice's backward is a pad.
+  The OFA/AutoFormer segment-wise slicing. Static slices, not a gather: a gather's backward is a
+  scatter-add (measured ~40 ms per VSSD block step on CPU) while a slice's backward is a pad.
   """
   axis = axis % x.ndim
   parts, start = [], 0
