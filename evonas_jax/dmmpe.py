@@ -17,6 +17,11 @@ They differ only in how the work is spread over devices:
   worker thread per sub-mesh pulls groups from a shared queue (dynamic load balancing, as the
   official workers pull tasks); JAX releases the GIL while a computation runs, so sub-meshes work
   concurrently. Results are gathered in candidate order.
+* `EngineEvaluatorPool` ("engine"): the same pool of disjoint sub-meshes and worker threads, but
+  each worker evaluates one candidate at a time on the compiled engine (`evonas_jax.engine`) at
+  the candidate's own widths and depth (the batch data-parallel over the sub-mesh's devices), so
+  a small candidate costs what it computes instead of the full supernet. Programs are keyed by
+  width signature (bounded by the space), shared by every candidate and generation.
 * `DataParallelEvaluator`: the conventional baseline; one candidate at a time, every batch sharded
   over a ("data",) mesh of all devices. It is a sharded `jit`, not a shard_map: BatchNorm's batch
   statistics and the correct-count sum then keep their global meaning (XLA inserts the
@@ -45,7 +50,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from evonas_jax import parallel_pool
 from evonas_jax.space import SearchSpace, genome_to_masks
 
-EVALUATORS = ("dmmpe", "data_parallel")
+EVALUATORS = ("dmmpe", "data_parallel", "engine")
 ALLOWED_SPLITS = ("validation", "train")
 
 
@@ -337,6 +342,99 @@ class DMMPEEvaluator(_CachedEvaluator):
     return time.perf_counter() - t
 
 
+class EngineEvaluatorPool(_CachedEvaluator):
+  """Candidates one at a time on the compiled engine, one worker thread per sub-mesh.
+
+  Same scores as `DMMPEEvaluator` (the same BatchNorm recalibration from the supernet's
+  statistics over the `calib` batches, momentum 0.9, then the task's metric over the eval
+  batches with padding masked out), computed by `engine.EngineEvaluator` at each candidate's
+  own cost. Each sub-mesh of `devices_per_group` devices shards the batches over its devices.
+  """
+  kind = "engine"
+
+  def __init__(self, model, variables, space, data: EvalData, *, devices=None,
+               devices_per_group: int = 1, cache=None, task=None, metric=None):
+    super().__init__(space, cache, task, metric)
+    from evonas_jax.engine import EngineEvaluator
+    from evonas_jax.tasks import Classification
+    for name, b in (("eval_batch_size", data.images.shape[1]),
+                    ("calib batch size", data.calib.shape[1])):
+      if b % devices_per_group:
+        raise ValueError(f"{name}={b} must be divisible by devices_per_group="
+                         f"{devices_per_group} (each sub-mesh shards a batch over its devices)")
+    # The DMMPE split of the pool, each sub-mesh re-labelled as a ("data",) mesh.
+    self.meshes = [parallel_pool.data_mesh(list(m.devices.flat))
+                   for m in parallel_pool.candidate_submeshes(devices, devices_per_group)]
+    self._task = task if task is not None else Classification()
+    self._metric = metric if metric is not None else "accuracy"
+    self._workers = []
+    for mesh in self.meshes:
+      rep = NamedSharding(mesh, P())
+      shard = NamedSharding(mesh, P(parallel_pool.DATA_AXIS))
+      batches = [{"image": jax.device_put(data.images[i], shard),
+                  data.target_key: jax.device_put(data.labels[i], shard),
+                  "mask": jax.device_put(data.mask[i], shard)}
+                 for i in range(data.images.shape[0])]
+      calib = [jax.device_put(c, shard) for c in data.calib]
+      # One EngineEvaluator (its own program tables) per worker thread: no shared mutable
+      # state between threads.
+      self._workers.append((EngineEvaluator(model, space, self._task),
+                            jax.device_put(variables, rep), batches, calib))
+
+  def _run_one(self, m: int, genome: np.ndarray) -> float:
+    ev, variables, batches, calib = self._workers[m]
+    r = ev.evaluate(variables, batches, self.space.decode(genome), calib_batches=calib)
+    return float(r[self._metric])
+
+  def _evaluate_unique(self, genomes, progress) -> np.ndarray:
+    tasks: queue.Queue = queue.Queue()
+    for i, g in enumerate(genomes):
+      tasks.put((i, g))
+    results: dict[int, float] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(m):
+      while not errors:
+        try:
+          i, g = tasks.get_nowait()
+        except queue.Empty:
+          return
+        try:
+          a = self._run_one(m, g)
+        except BaseException as e:   # re-raised in the caller's thread
+          errors.append(e)
+          return
+        with lock:
+          results[i] = a
+          if progress is not None:
+            progress(len(results))
+
+    threads = [threading.Thread(target=worker, args=(m,), daemon=True)
+               for m in range(min(len(self.meshes), len(genomes)))]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    if errors:
+      raise errors[0]
+    return np.array([results[i] for i in range(len(genomes))])
+
+  def warmup(self) -> float:
+    """Builds the programs of the largest and smallest candidates on every sub-mesh (others
+    compile on first use: one program per new width signature)."""
+    t = time.perf_counter()
+    for arch in (self.space.largest(), self.space.smallest()):
+      g = self.space.encode(arch)
+      threads = [threading.Thread(target=self._run_one, args=(m, g))
+                 for m in range(len(self.meshes))]
+      for th in threads:
+        th.start()
+      for th in threads:
+        th.join()
+    return time.perf_counter() - t
+
+
 class DataParallelEvaluator(_CachedEvaluator):
   """Baseline: one candidate at a time, every batch sharded over a ("data",) mesh."""
   kind = "data_parallel"
@@ -385,10 +483,10 @@ def make_evaluator(kind: str, model, variables, space: SearchSpace, data_cfg=Non
   The score is the validation accuracy (classification), or with `rt` (a dense
   `task_runtime.TaskRuntime`) the task's main metric: AbsRel (depth, lower is better) or mIoU.
 
-  kind: "dmmpe" or "data_parallel". data: pre-loaded EvalData (else read from `data_cfg`, `split`
+  kind: "dmmpe", "data_parallel" or "engine" (EngineEvaluatorPool). data: pre-loaded EvalData (else read from `data_cfg`, `split`
   ("validation" by default; "test" is refused), `num_eval_batches` x `eval_batch_size`, and
   `calib_batches` x `calib_batch_size` augmented train batches seeded by `calib_seed`).
-  devices: device list (default all). devices_per_group / group_size: DMMPE only.
+  devices: device list (default all). devices_per_group: DMMPE and engine; group_size: DMMPE.
   cache: an existing {genome bytes: accuracy} dict to continue (e.g. restored by the search).
   """
   if kind not in EVALUATORS:
@@ -405,5 +503,9 @@ def make_evaluator(kind: str, model, variables, space: SearchSpace, data_cfg=Non
     return DMMPEEvaluator(model, variables, space, data, devices=devices,
                           devices_per_group=devices_per_group, group_size=group_size, cache=cache,
                           task=task, metric=metric)
+  if kind == "engine":
+    return EngineEvaluatorPool(model, variables, space, data, devices=devices,
+                               devices_per_group=devices_per_group, cache=cache, task=task,
+                               metric=metric)
   return DataParallelEvaluator(model, variables, space, data, devices=devices, cache=cache,
                                task=task, metric=metric)

@@ -33,7 +33,7 @@ from evonas_jax.supernet_loss import (DistillSetup, make_supernet_loss, make_tea
 from evonas_jax.supernet_train import (evaluate_task, make_bn_step, make_optimizer,
                                        make_task_eval_step, plot_metrics, print_summary)
 from evonas_jax.task_runtime import make_runtime
-from evonas_jax.train_config import validate_train_config
+from evonas_jax.train_config import engine_of, validate_train_config
 from evonas_jax.workdir import MetricWriter, open_workdir
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, 
                        inplace_kd=config.sampling.rule == "sandwich" and config.sampling.inplace_kd,
                        inplace_kd_ratio=config.sampling.inplace_kd_ratio,
                        compute_dtype=_dtype(config.compute_dtype), task=rt.task)
-  if config.get("engine", "masked") == "compiled":
+  if engine_of(config) == "compiled":
     from evonas_jax.engine import EngineTrainStep
     step_fn = EngineTrainStep(student, space, setup, tx, mesh,
                               prologue_fn=make_teacher_prologue(setup),
@@ -307,7 +307,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                  process_index=0, process_count=1)
   calib = [next(calib_iter)["image"] for _ in range(config.bn_calibration_batches)]
   metric, short = rt.metric, rt.metric_short
-  if config.get("engine", "masked") == "compiled":
+  if engine_of(config) == "compiled":
     from evonas_jax.engine import EngineEvaluator
     evaluator = EngineEvaluator(eval_model, space, rt.task)
 
@@ -379,7 +379,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if rows:
     results["images_per_s_median"] = float(np.median([r["images_per_s"] for r in rows]))
   results["wall_seconds"] = time.time() - t_start
-  results["engine"] = config.get("engine", "masked")
+  results["engine"] = engine_of(config)
   results["compile"] = {**compile_stats.snapshot(), "cache_dir": cache_dir}
   if hasattr(step_fn, "backbone"):
     results["compile"]["engine_programs"] = len(step_fn.backbone.programs)

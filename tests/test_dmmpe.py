@@ -92,3 +92,27 @@ def test_bad_inputs(setup):
   bad[0, 0] = 99
   with pytest.raises(ValueError, match="mlp_ratio"):
     dm.evaluate(bad)
+
+
+def test_engine_pool_equals_dmmpe(setup):
+  """The compiled-engine pool (each candidate at its own widths, 2 sub-meshes of 2 devices,
+  batches sharded within a sub-mesh) scores what the vmapped masked DMMPE scores, and the
+  independent single-device reference."""
+  space, model, variables, data = setup
+  devs = jax.devices()[:4]
+  genomes = np.concatenate([space.sample(1, 5), space.encode(space.smallest())[None]])
+  dm = dmmpe.make_evaluator("dmmpe", model, variables, space, data=data, devices=devs,
+                            devices_per_group=2, group_size=2)
+  en = dmmpe.make_evaluator("engine", model, variables, space, data=data, devices=devs,
+                            devices_per_group=2)
+  assert len(en.meshes) == 2 and all(m.axis_names == ("data",) and m.size == 2
+                                     for m in en.meshes)
+  acc_dm, acc_en = dm.evaluate(genomes), en.evaluate(genomes)
+  np.testing.assert_allclose(acc_en, acc_dm, atol=1e-6)
+  ref = reference_accuracy(model, space, variables, data, genomes[-1])
+  assert abs(acc_en[-1] - ref) < 1e-6, (acc_en[-1], ref)
+  assert en.stats["evaluated"] == len({g.tobytes() for g in genomes.astype(np.int32)})
+  with pytest.raises(ValueError, match="eval_batch_size=32 must be divisible by "
+                                       "devices_per_group=3"):
+    dmmpe.make_evaluator("engine", model, variables, space, data=data,
+                         devices=jax.devices()[:6], devices_per_group=3)
