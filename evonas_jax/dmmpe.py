@@ -210,6 +210,45 @@ def _scores(task, metric, out) -> np.ndarray:
   return np.array([task.finalize(jax.tree.map(lambda a: a[i], out))[metric] for i in range(n)])
 
 
+def _pool_map(items: list, num_workers: int, run: Callable, done: Callable[[int], None] | None):
+  """[run(worker, item) for item in items], in order, on min(num_workers, len(items)) threads
+  that pull items from a shared queue (dynamic load balancing: a worker that finishes early takes
+  the next item). done(number finished) after each item. The first error stops the workers and
+  is re-raised in the caller's thread."""
+  tasks: queue.Queue = queue.Queue()
+  for i, item in enumerate(items):
+    tasks.put((i, item))
+  results: dict = {}
+  errors: list[BaseException] = []
+  lock = threading.Lock()
+
+  def worker(m):
+    while not errors:
+      try:
+        i, item = tasks.get_nowait()
+      except queue.Empty:
+        return
+      try:
+        r = run(m, item)
+      except BaseException as e:   # re-raised in the caller's thread
+        errors.append(e)
+        return
+      with lock:
+        results[i] = r
+        if done is not None:
+          done(len(results))
+
+  threads = [threading.Thread(target=worker, args=(m,), daemon=True)
+             for m in range(min(num_workers, len(items)))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  if errors:
+    raise errors[0]
+  return [results[i] for i in range(len(items))]
+
+
 class _CachedEvaluator:
   """Shared front end: validation, dedup against `cache` and within the call, stats."""
   kind = ""
@@ -298,38 +337,10 @@ class DMMPEEvaluator(_CachedEvaluator):
 
   def _evaluate_unique(self, genomes, progress) -> np.ndarray:
     groups = self._groups(genomes)
-    tasks: queue.Queue = queue.Queue()
-    for i, grp in enumerate(groups):
-      tasks.put((i, grp))
-    results: dict[int, np.ndarray] = {}
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker(m):
-      while not errors:
-        try:
-          i, grp = tasks.get_nowait()
-        except queue.Empty:
-          return
-        try:
-          acc = self._run_group(m, grp)
-        except BaseException as e:   # re-raised in the caller's thread
-          errors.append(e)
-          return
-        with lock:
-          results[i] = acc
-          if progress is not None:
-            progress(min(len(results) * self.group_size, len(genomes)))
-
-    threads = [threading.Thread(target=worker, args=(m,), daemon=True)
-               for m in range(min(len(self.meshes), len(groups)))]
-    for t in threads:
-      t.start()
-    for t in threads:
-      t.join()
-    if errors:
-      raise errors[0]
-    return np.concatenate([results[i] for i in range(len(groups))])[:len(genomes)]
+    done = None if progress is None else (
+        lambda n: progress(min(n * self.group_size, len(genomes))))
+    out = _pool_map(groups, len(self.meshes), self._run_group, done)
+    return np.concatenate(out)[:len(genomes)]
 
   def warmup(self) -> float:
     t = time.perf_counter()
@@ -387,38 +398,7 @@ class EngineEvaluatorPool(_CachedEvaluator):
     return float(r[self._metric])
 
   def _evaluate_unique(self, genomes, progress) -> np.ndarray:
-    tasks: queue.Queue = queue.Queue()
-    for i, g in enumerate(genomes):
-      tasks.put((i, g))
-    results: dict[int, float] = {}
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker(m):
-      while not errors:
-        try:
-          i, g = tasks.get_nowait()
-        except queue.Empty:
-          return
-        try:
-          a = self._run_one(m, g)
-        except BaseException as e:   # re-raised in the caller's thread
-          errors.append(e)
-          return
-        with lock:
-          results[i] = a
-          if progress is not None:
-            progress(len(results))
-
-    threads = [threading.Thread(target=worker, args=(m,), daemon=True)
-               for m in range(min(len(self.meshes), len(genomes)))]
-    for t in threads:
-      t.start()
-    for t in threads:
-      t.join()
-    if errors:
-      raise errors[0]
-    return np.array([results[i] for i in range(len(genomes))])
+    return np.array(_pool_map(list(genomes), len(self.meshes), self._run_one, progress))
 
   def warmup(self) -> float:
     """Builds the programs of the largest and smallest candidates on every sub-mesh (others
