@@ -45,11 +45,7 @@ from evonas_jax.nn.mlp import Mlp
 from evonas_jax.nn.stem import PatchMerging, Stem
 from evonas_jax.nn.supernet import subnet_widths, supernet_spec
 from evonas_jax.space import Arch, SearchSpace
-from evonas_jax.steps import cast_floats
-
-
-def _cast(tree, dtype):
-  return tree if dtype is None else cast_floats(tree, dtype)
+from evonas_jax.engine.tail import cast_tree as _cast
 
 
 def _drop_path(y, rate, rng):
