@@ -25,7 +25,6 @@ def get_config():
   c.population_size = 96
   c.num_generations = 200
   c.evaluator.num_eval_batches = 0      # the whole validation split (5000 images)
-  c.evaluator.calib_batches = 4
   c.evaluator.group_size = 8            # on 8 GPUs add --config.evaluator.devices_per_group=2
   c.latency_validation_archs = 30
   c.measure_pareto_max = 0

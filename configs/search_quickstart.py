@@ -16,7 +16,7 @@ Expected: measured on a quiet 2-core machine with the configs/quickstart.py supe
 """
 import ml_collections
 
-from evonas_jax import data
+from evonas_jax import data, evaluate
 
 
 def get_config():
@@ -55,8 +55,10 @@ def get_config():
   c.evaluator.split = "validation"      # never "test"
   c.evaluator.num_eval_batches = 1
   c.evaluator.eval_batch_size = 500
-  c.evaluator.calib_batches = 1         # per-candidate BatchNorm recalibration batches
-  c.evaluator.calib_batch_size = 128
+  # Per-candidate BatchNorm recalibration: exact statistics over batches x batch_size augmented
+  # train images (evonas_jax.evaluate.bn), the default training evaluation and export use too.
+  c.evaluator.calib_batches = evaluate.DEFAULT_CALIB_BATCHES
+  c.evaluator.calib_batch_size = evaluate.DEFAULT_CALIB_BATCH_SIZE
   c.evaluator.num_devices = 0           # 0 = every local device (each sub-mesh compiles once)
   c.evaluator.devices_per_group = 1
   c.evaluator.group_size = 4            # candidates vmapped in one compiled call

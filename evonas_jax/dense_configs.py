@@ -26,7 +26,7 @@ def local_dense_config(task: str, dataset: str = "arc2017_local"):
   c.preset = "tiny"
   c.batch_size, c.eval_batch_size = 4, 2
   c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 120, 10, 60, 60
-  c.bn_calibration_batches = 2
+  c.bn_calibration_batches, c.bn_calibration_batch_size = 2, 2
   c.optimizer.lr, c.optimizer.warmup_steps = 1e-3, 10
   c.pst.stages = ("maxnet", "d_state-2", "depth")
   c.pst.k_max = 1
@@ -44,7 +44,7 @@ def gpu_dense_config(task: str, dataset: str):
   c.preset = "base"
   c.batch_size, c.eval_batch_size = 16, 8
   c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 100_000, 100, 5_000, 2_000
-  c.bn_calibration_batches = 8
+  c.bn_calibration_batches, c.bn_calibration_batch_size = 8, 8
   c.optimizer.lr, c.optimizer.warmup_steps = 1e-4, 1_000
   c.optimizer.restart_per_stage = True
   c.pst.stages = ()                   # the official 8 stages, scaled to num_steps

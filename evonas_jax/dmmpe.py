@@ -2,9 +2,9 @@
 
 Both evaluators compute the same thing for every candidate genome (research/evonas.md §5):
 
-  1. per-candidate BatchNorm recalibration: `calib` train-mode forwards of the masked supernet on
-     fixed calibration batches, starting from the supernet's running statistics (the semantics of
-     `supernet_train.recalibrate_bn`; without it small subnets evaluate near chance);
+  1. per-candidate BatchNorm recalibration: the exact statistics of the candidate's BN inputs
+     over fixed calibration batches (`evonas_jax.evaluate.bn`, the one procedure training
+     evaluation and export use; without it small subnets evaluate near chance);
   2. top-1 accuracy of the masked supernet on a fixed set of validation batches.
 
 They differ only in how the work is spread over devices:
@@ -48,6 +48,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from evonas_jax import parallel_pool
+from evonas_jax.evaluate import DEFAULT_CALIB_BATCH_SIZE, DEFAULT_CALIB_BATCHES
 from evonas_jax.space import SearchSpace, genome_to_masks
 
 EVALUATORS = ("dmmpe", "data_parallel", "engine")
@@ -89,8 +90,9 @@ class EvalData:
 
 
 def load_eval_data(data_cfg, *, split: str = "validation", num_eval_batches: int | None = None,
-                   eval_batch_size: int = 500, calib_batches: int = 4,
-                   calib_batch_size: int = 128, seed: int = 0, rt=None) -> EvalData:
+                   eval_batch_size: int = 500, calib_batches: int = DEFAULT_CALIB_BATCHES,
+                   calib_batch_size: int = DEFAULT_CALIB_BATCH_SIZE, seed: int = 0,
+                   rt=None) -> EvalData:
   """Reads the first `num_eval_batches` batches of `split` (None or 0: all) and `calib_batches`
   augmented train batches (seeded) into host memory. rt: a `task_runtime.TaskRuntime` for
   dense tasks (default: classification data)."""
@@ -116,15 +118,18 @@ def load_eval_data(data_cfg, *, split: str = "validation", num_eval_batches: int
 
 
 def _recalibrated(model, variables, masks, calib):
-  """variables with the candidate's BatchNorm statistics: train-mode forwards over the `calib`
-  batches (n_calib, Bc, H, W, C), starting from the supernet's (supernet_train.recalibrate_bn)."""
-  def calib_step(bs, im):
+  """variables with the candidate's exact BatchNorm statistics over the `calib` batches
+  (n_calib, Bc, H, W, C): `evonas_jax.evaluate.bn`, traced (one scan in the compiled program).
+  Train mode without stochastic depth: the search model is built with drop_path_rate 0."""
+  from evonas_jax.evaluate import exact_batch_stats_scan
+
+  def forward(bs, im):
     _, upd = model.apply({**variables, "batch_stats": bs}, im, masks, train=True,
                          mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-    return upd["batch_stats"], None
+    return upd["batch_stats"]
 
-  bs, _ = jax.lax.scan(calib_step, variables["batch_stats"], calib)
-  return {**variables, "batch_stats": bs}
+  return {**variables,
+          "batch_stats": exact_batch_stats_scan(forward, variables["batch_stats"], calib)}
 
 
 def candidate_correct(model, space: SearchSpace, variables, genome, calib, images, labels, mask):

@@ -159,20 +159,24 @@ def make_bn_step(module):
 
 
 def recalibrate(module, variables, batches, progress: bool = True):
-  """BatchNorm statistics of THIS subnet: len(batches) train-mode forwards (momentum 0.9).
-
-  The same procedure as `supernet_train.recalibrate_bn`, run on the sliced network (cheaper to
-  compile; equal to the masked supernet's to float rounding, see tests/test_export.py).
-  The exported network has no stochastic depth, so none is applied here either.
+  """BatchNorm statistics of THIS subnet: the exact statistics of its BN inputs over `batches`
+  (`evonas_jax.evaluate.bn`, the procedure training evaluation and the search use), run on the
+  sliced network (cheaper to compile). The exported network has no stochastic depth, so none is
+  applied here either.
   """
   if not batches or "batch_stats" not in variables:
     return variables
   from tqdm.auto import tqdm
-  step, bs = make_bn_step(module), variables["batch_stats"]
-  for images in tqdm(batches, desc="BN recalibration", unit="batch", disable=not progress,
-                     dynamic_ncols=True, leave=False):
-    bs = step({**variables, "batch_stats": bs}, images)
-  return {**variables, "batch_stats": jax.device_get(bs)}
+  from evonas_jax.evaluate import recalibrated
+  step = make_bn_step(module)
+  with tqdm(total=len(batches), desc="BN recalibration", unit="batch", disable=not progress,
+            dynamic_ncols=True, leave=False) as bar:
+    def forward(bs, images):
+      out = step({**variables, "batch_stats": bs}, images)
+      bar.update(1)
+      return out
+    out = recalibrated(forward, variables, batches)
+  return {**out, "batch_stats": jax.device_get(out["batch_stats"])}
 
 
 # --------------------------------------------------------------------------- sources
@@ -254,7 +258,8 @@ def open_source(workdir: str) -> Source:
     return Source("search", workdir, space, _data_cfg(cfg["data"]), {}, None, pareto, calib, scfg)
   if os.path.isdir(os.path.join(workdir, "final")):
     calib = {"batches": cfg.get("bn_calibration_batches", 0),
-             "batch_size": cfg.get("eval_batch_size", 128), "seed": cfg.get("seed", 0) + 1}
+             "batch_size": cfg.get("bn_calibration_batch_size", cfg.get("eval_batch_size", 128)),
+             "seed": cfg.get("seed", 0) + 1}
     return Source("train", workdir, get_space(cfg["space"], cfg["preset"]), _data_cfg(cfg["data"]),
                   cfg, workdir, None, calib)
   raise FileNotFoundError(f"--workdir {workdir} is neither a finished search (pareto.json) nor a "

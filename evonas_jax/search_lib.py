@@ -115,8 +115,10 @@ def load_supernet(train_workdir: str):
     data_cfg = data_lib.get_config_defaults()
     data_cfg.update(tcfg["data"])
     info = data_lib.dataset_info(data_cfg)
+    # No stochastic depth: the fitness's BatchNorm calibration runs train-mode forwards, which
+    # must see the deterministic subnet that is evaluated (and exported).
     model, variables = init_supernet(space, info.num_classes, jax.random.key(0), info.image_shape,
-                                     drop_path_rate=tcfg.get("drop_path_rate", 0.0))
+                                     drop_path_rate=0.0)
     rt = None
   else:
     from evonas_jax.task_runtime import runtime_from_train_config

@@ -59,17 +59,16 @@ def make_bn_step(model):
 
 
 def recalibrate_bn(bn_step, variables, batches, masks):
-  """BatchNorm running statistics for one subnet (OFA-style recalibration).
+  """variables with one subnet's exact BatchNorm statistics (`evonas_jax.evaluate.bn`: reset,
+  then the pooled mean / variance of every BN input over the calibration `batches`).
 
   The supernet's BN statistics are an average over all sampled subnets, which can be far from
   any one subnet's (the official code never recalibrates; measured here: the smallest subnet
-  dropped to chance without it). Running `len(batches)` train-mode forwards with momentum 0.9
-  leaves < 0.9**n of the shared statistics.
+  dropped to chance without it). bn_step: `make_bn_step(model)`; masks: the subnet's masks.
   """
-  bs = variables["batch_stats"]
-  for images in batches:
-    bs = bn_step({**variables, "batch_stats": bs}, images, masks)
-  return {**variables, "batch_stats": bs}
+  from evonas_jax.evaluate import recalibrated
+  return recalibrated(lambda bs, images: bn_step({**variables, "batch_stats": bs}, images, masks),
+                      variables, batches)
 
 
 def evaluate(eval_step, variables, data_cfg, split, batch_size, space, arch,

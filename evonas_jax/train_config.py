@@ -1,6 +1,7 @@
 """Validation of training configs: every bad field fails early, naming the field and what is allowed."""
 from __future__ import annotations
 
+from evonas_jax import evaluate
 from evonas_jax.parallel import DATA_SHARDING_MODES
 from evonas_jax.pst import OFFICIAL_STAGES, SAMPLING_RULES
 from evonas_jax.steps import COMPUTE_DTYPES
@@ -52,6 +53,8 @@ def validate_train_config(c) -> None:
             "checkpoint_every", "keep_checkpoints", "teacher.num_steps", "teacher.eval_every"):
     _pos_int(c, f)
   _pos_int(c, "bn_calibration_batches", 0)
+  if "bn_calibration_batch_size" in c:
+    _pos_int(c, "bn_calibration_batch_size", 1)
   _need(engine_of(c) in ENGINES, "engine", f"one of {ENGINES}", c.get("engine"))
   _need(isinstance(c.get("compile_cache_dir", ""), str), "compile_cache_dir",
         "a directory path, '' (the default per-user cache) or 'none'", c.get("compile_cache_dir"))
@@ -124,7 +127,11 @@ def default_config():
   c.eval_every = 300
   c.checkpoint_every = 100
   c.keep_checkpoints = 2
-  c.bn_calibration_batches = 20  # per-subnet BatchNorm recalibration before each evaluation
+  # Per-subnet BatchNorm recalibration before each evaluation (exact statistics over
+  # batches x batch_size augmented train images, `evonas_jax.evaluate.bn`): the same default
+  # calibration set as the search fitness and export.
+  c.bn_calibration_batches = evaluate.DEFAULT_CALIB_BATCHES
+  c.bn_calibration_batch_size = evaluate.DEFAULT_CALIB_BATCH_SIZE
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 2e-3

@@ -77,6 +77,11 @@ def _restore(ckpt, state, train_iter):
   return state, step, meta
 
 
+def _calib_batch_size(config) -> int:
+  # Configs written before bn_calibration_batch_size existed calibrated on eval-size batches.
+  return config.get("bn_calibration_batch_size", config.eval_batch_size)
+
+
 # --------------------------------------------------------------------------------------- teacher
 def train_teacher(config, workdir, mesh, info, writer, rt=None):
   """Teacher stage. Returns (teacher module, frozen variables) or (None, None)."""
@@ -303,7 +308,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state, start, _ = _restore(ckpt, state, train_iter)
 
   eval_model = rt.student(space)
-  calib_iter = rt.train_iterator(config.data, config.eval_batch_size, config.seed + 1,
+  calib_iter = rt.train_iterator(config.data, _calib_batch_size(config), config.seed + 1,
                                  process_index=0, process_count=1)
   calib = [next(calib_iter)["image"] for _ in range(config.bn_calibration_batches)]
   metric, short = rt.metric, rt.metric_short

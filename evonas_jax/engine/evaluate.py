@@ -2,8 +2,8 @@
 
 The masked-mode evaluation (`supernet_train.evaluate_task`) runs the full supernet for every
 subnet; this runs the backbone pieces of `engine.backbone` at the subnet's widths, then the
-head, with the same per-subnet BatchNorm recalibration (train-mode forwards on calibration
-batches, momentum 0.9) and the same task metrics.
+head, with the same per-subnet BatchNorm recalibration (`evonas_jax.evaluate.bn`) and the same
+task metrics.
 """
 from __future__ import annotations
 
@@ -55,11 +55,13 @@ class EngineEvaluator:
     return self._run(variables, images, arch, bn_train=False)[0]
 
   def recalibrate_bn(self, variables, batches, arch: Arch):
-    """Variables with the BatchNorm running statistics of `arch` (len(batches) train-mode
-    forwards, momentum 0.9: < 0.9**n of the shared statistics remain)."""
-    for images in batches:
-      _, variables = self._run(variables, images, arch, bn_train=True)
-    return variables
+    """Variables with the exact BatchNorm statistics of `arch` over the calibration `batches`
+    (`evonas_jax.evaluate.bn`; train-mode BN, no stochastic depth)."""
+    from evonas_jax.evaluate import recalibrated
+    return recalibrated(
+        lambda bs, images: self._run({**variables, "batch_stats": bs}, images, arch,
+                                     bn_train=True)[1]["batch_stats"],
+        variables, batches)
 
   def evaluate(self, variables, batches, arch: Arch, calib_batches=()) -> dict:
     """The task's metrics (`task.finalize`, plus "error") of `arch` over `batches`."""

@@ -13,6 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# Every BatchNorm here (stem, downsample, dense heads, projector): PyTorch's momentum 0.1 in
+# flax's convention (running = m * running + (1 - m) * batch). `evonas_jax.evaluate.bn` reads
+# batch statistics back from one update, so it relies on this one value.
+BN_MOMENTUM = 0.9
+
 # Official `_init_weights`: trunc-normal std 0.02 for linear layers, zero bias.
 dense_init = nn.initializers.truncated_normal(stddev=0.02)
 

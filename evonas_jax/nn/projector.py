@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from evonas_jax.nn.layers import Dense, dense_init
+from evonas_jax.nn.layers import BN_MOMENTUM, Dense, dense_init
 
 
 class AttentionProjector(nn.Module):
@@ -64,7 +64,7 @@ class AttentionProjector(nn.Module):
 
     # 1. Student path.
     x = nn.Conv(cs_out, (3, 3), padding=1, kernel_init=dense_init, name="conv")(student_feat)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5,
                      axis_name=self.bn_axis_name if train else None, name="bn")(x)
     x = nn.relu(x)
     gh, gw = self.pos_grid or (hs, ws)

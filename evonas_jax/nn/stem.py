@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from evonas_jax.nn.layers import DWConv, conv_taps
+from evonas_jax.nn.layers import BN_MOMENTUM, DWConv, conv_taps
 
 
 class Conv1x1(nn.Module):
@@ -40,7 +40,8 @@ def _conv(features, k, stride=1, use_bias=False, name=None):
 def _bn(train, name, axis_name=None):
   # axis_name: the mesh axis over which batch statistics are averaged (SyncBN) when the step runs
   # inside shard_map; with it an N-device step equals the 1-device step on the global batch.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name,
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5,
+                      name=name,
                       axis_name=axis_name if train else None)
 
 

@@ -10,8 +10,11 @@ PyTorch arithmetic (no antialiasing).
 from __future__ import annotations
 
 import flax.linen as nn
+
 import jax.numpy as jnp
 import numpy as np
+
+from evonas_jax.nn.layers import BN_MOMENTUM
 
 
 def conv(features: int, k: int, *, use_bias: bool = True, name: str | None = None) -> nn.Conv:
@@ -22,7 +25,8 @@ def conv(features: int, k: int, *, use_bias: bool = True, name: str | None = Non
 
 def batch_norm(train: bool, name: str, axis_name: str | None = None) -> nn.BatchNorm:
   """PyTorch BatchNorm2d defaults (momentum 0.1 == flax 0.9, eps 1e-5); axis_name = SyncBN."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name,
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5,
+                      name=name,
                       axis_name=axis_name if train else None)
 
 
