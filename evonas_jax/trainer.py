@@ -289,7 +289,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   print(f"[evonas_jax] space: {space.name}/{space.preset}, {space.genome_length} genes, "
         f"{space.size():.3e} subnets", flush=True)
 
+  t_teacher = time.time()
   teacher, teacher_vars = train_teacher(config, workdir, mesh, info, writer, rt)
+  t_teacher = time.time() - t_teacher
 
   # ---- supernet stage
   schedule = PSTSchedule(config.num_steps, enabled=config.pst.enabled, k_max=config.pst.k_max,
@@ -384,6 +386,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if rows:
     results["images_per_s_median"] = float(np.median([r["images_per_s"] for r in rows]))
   results["wall_seconds"] = time.time() - t_start
+  # This process's time per stage (a resumed run counts only what it ran itself).
+  results["stage_seconds"] = {"teacher": t_teacher,
+                              "supernet": results["wall_seconds"] - t_teacher}
   results["engine"] = engine_of(config)
   results["compile"] = {**compile_stats.snapshot(), "cache_dir": cache_dir}
   if hasattr(step_fn, "backbone"):
