@@ -3,10 +3,12 @@
 Command:  python -m evonas_jax.train --config configs/quickstart.py --workdir workdirs/quickstart
           (or `make quickstart`, which also runs the search on the result)
 Hardware: 2 CPU cores, no GPU.
-Expected: see benchmarks/results/quickstart.json (measured by benchmarks/quickstart.py): teacher
-          val acc ~0.83 after 900 steps (~2 min); supernet 600 steps + evaluation ~6-8 min;
-          largest / smallest subnet val acc ~0.86 / ~0.81 (an experiment with this config,
-          warm compile cache, shared machine: 0.862 / 0.815, test 0.858 / 0.821).
+Expected: measured by benchmarks/quickstart.py (benchmarks/results/quickstart.json) on a quiet
+          2-core machine, empty compile cache: teacher val acc 0.835 in 102 s; supernet 600 steps
+          + evaluation 533 s (156 s of it XLA compiles, which a second run loads from the
+          persistent cache); largest / smallest subnet val acc 0.862 / 0.815, test 0.858 / 0.821
+          (deterministic on one device: a rerun gave the same numbers). `make quickstart` adds
+          the search: ~15 min in all from a fresh clone.
 
 Why these settings (each measured on 2 CPU cores in the session that chose them):
   * No augmentation: the run sees ~1.4 epochs, too few for random crops and flips to pay for

@@ -6,11 +6,13 @@ Command:  python -m evonas_jax.search --config configs/search_quickstart.py \
           (leave supernet_workdir empty to search a random supernet: a loud warning, for tests)
 Hardware: 2 CPU cores, no GPU (one CPU device: DMMPE runs one sub-mesh; with
           XLA_FLAGS=--xla_force_host_platform_device_count=2 it runs two).
-Expected: measured on a quiet 2-core machine with the configs/quickstart.py supernet: 128 s
-          (latency table of 90 ops 42 s, compiled while the DMMPE evaluator compiles; fitness of
-          pop 16 x 6 generations on 500 validation + 128 calibration images each; latency of 4
-          Pareto archs measured), best front validation accuracy 0.600, 16 Pareto archs,
-          hypervolume 0.328, table Spearman rho 0.6 (mean abs error 16 %) on 4 random archs.
+Expected: measured on a quiet 2-core machine with the configs/quickstart.py supernet, empty
+          compile cache (benchmarks/results/quickstart.json): 213 s (latency table of 90 ops
+          ~60 s; fitness of pop 16 x 6 generations on 500 validation images each after exact BN
+          statistics over 4 x 128 calibration images; latency of 4 Pareto archs measured); front
+          of 15 archs, validation accuracy 0.632-0.844 rising with MACs (Spearman 0.92),
+          hypervolume 0.61. The measured latencies enter the lookup table, so the front varies
+          a little from run to run.
           Writes pareto.json/.csv/.png, metrics.jsonl (hypervolume per generation) and prints
           the front as a table.
 """
