@@ -41,11 +41,14 @@ Forward = Callable[[dict, jax.Array], dict]
 
 
 def _is_bn(node) -> bool:
-  return isinstance(node, Mapping) and set(node) == {"mean", "var"}
+  # A BatchNorm's running statistics {"mean", "var"}, or the pooled moments {"mean", "m2"}
+  # accumulated for it (same tree positions).
+  return isinstance(node, Mapping) and set(node) in ({"mean", "var"}, {"mean", "m2"})
 
 
 def _map_bn(fn, *trees):
-  """Maps fn(*bn_nodes) -> node over the {"mean", "var"} nodes of batch_stats trees."""
+  """Maps fn(*nodes) -> node over the BatchNorm nodes (see `_is_bn`) of trees that share the
+  first tree's structure."""
   head = trees[0]
   if _is_bn(head):
     return fn(*trees)
@@ -89,13 +92,7 @@ def combine(acc, n_acc, new, n_new) -> dict:
     delta = b["mean"] - a["mean"]
     return {"mean": a["mean"] + delta * (n_new / n),
             "m2": a["m2"] + b["m2"] + delta * delta * (n_acc * n_new / n)}
-  return _map_bn2(one, acc, new)
-
-
-def _map_bn2(fn, a, b):
-  if isinstance(a, Mapping) and set(a) == {"mean", "m2"}:
-    return fn(a, b)
-  return {k: _map_bn2(fn, a[k], b[k]) for k in a}
+  return _map_bn(one, acc, new)
 
 
 def _moments_of(forward: Forward, zero, images) -> dict:
@@ -108,13 +105,7 @@ def _finalize(acc, n, like) -> dict:
   def one(a, ref):
     return {"mean": a["mean"].astype(ref["mean"].dtype),
             "var": jnp.maximum(a["m2"] / n, 0.0).astype(ref["var"].dtype)}
-  return _map_bn_with(one, acc, like)
-
-
-def _map_bn_with(fn, acc, like):
-  if _is_bn(like):
-    return fn(acc, like)
-  return {k: _map_bn_with(fn, acc[k], like[k]) for k in like}
+  return _map_bn(one, acc, like)
 
 
 def exact_batch_stats(forward: Forward, batch_stats, batches: Iterable) -> dict:
