@@ -52,7 +52,7 @@ def arch_cost(space: SearchSpace, arch: Arch, image_shape, num_classes: int,
     if s > 0:
       stage_macs += PatchMerging.macs(h, w, dims[s - 1], c, count_padding)
       p = dims[s - 1]
-      params += p * 8 * p + 8 * p + 10 * 8 * p + 8 * p * c + 2 * c
+      params += p * 8 * p + 8 * p + 10 * 8 * p + 8 * p * c + 3 * c   # convs + biases + BN
       h, w = _ceil2(h), _ceil2(w)
     hidden, wd = subnet_widths(space, arch, s)
     mixer = MIXERS[arch.block_type[s]]

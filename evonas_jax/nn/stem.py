@@ -70,7 +70,12 @@ class Stem(nn.Module):
 
 
 class PatchMerging(nn.Module):
-  """Inverted bottleneck downsample: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim)."""
+  """Inverted bottleneck downsample: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim).
+
+  Every conv has a bias, as the official ConvLayer's default: the last one's bias sits before a
+  BatchNorm, so it is inert in train mode but shifts the running mean; it is kept so that
+  parameter counts and checkpoints match the official supernet one to one.
+  """
   out_dim: int
   bn_axis_name: str | None = None
 
@@ -79,7 +84,8 @@ class PatchMerging(nn.Module):
     c = x.shape[-1]
     x = nn.relu(_conv(8 * c, 1, use_bias=True, name="expand")(x))
     x = nn.relu(DWConv(8 * c, stride=2, name="dw")(x))
-    return _bn(train, "bn", self.bn_axis_name)(_conv(self.out_dim, 1, name="project")(x))
+    x = _conv(self.out_dim, 1, use_bias=True, name="project")(x)
+    return _bn(train, "bn", self.bn_axis_name)(x)
 
   @staticmethod
   def macs(h: int, w: int, c: int, out_dim: int, count_padding: bool = True) -> int:
