@@ -167,7 +167,13 @@ def test_hypervolume_3d_monte_carlo():
 @given(st.lists(st.lists(st.integers(0, 2), min_size=4, max_size=4), min_size=N_PAD,
                 max_size=N_PAD))
 def test_duplicate_mask_matches_bruteforce(rows):
-  from evonas_jax.evolve.sorting import duplicate_mask
+  from evonas_jax.evolve import sorting
   x = np.array(rows, np.int32)
   want = [any((x[j] == x[i]).all() for j in range(i)) for i in range(len(x))]
-  np.testing.assert_array_equal(np.asarray(jax.jit(duplicate_mask)(x)), want)
+  np.testing.assert_array_equal(np.asarray(jax.jit(sorting.duplicate_mask)(x)), want)
+  # Real genomes too (the hash works on float bit patterns): equal rows, and rows that differ
+  # in one gene by one ulp, which a float-rounding hash could merge.
+  xf = (x.astype(np.float32) / 3.0)
+  xf[1::5, 0] = np.nextafter(xf[1::5, 0], np.float32(9))
+  want_f = [any((xf[j] == xf[i]).all() for j in range(i)) for i in range(len(xf))]
+  np.testing.assert_array_equal(np.asarray(jax.jit(sorting.duplicate_mask)(xf)), want_f)

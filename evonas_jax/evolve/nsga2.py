@@ -135,21 +135,22 @@ class NSGA2:
     kids = jnp.concatenate([c1, c2], axis=0)[:n]
     kids = self._mutate_repair(k_m, k_r, kids, params, force=False)
     if self.eliminate_duplicates:
-      # A do-while: check, then re-mutate (forced) the duplicates, at most `duplicate_retries`
-      # times; stops at the first clean check (usually the first, for real genomes). One copy
-      # of the check and of mutate/repair in the graph keeps compile time down.
+      # Re-mutate (forced) the offspring that duplicate a member or an earlier offspring, at
+      # most `duplicate_retries` rounds. The loop tests first, so a clean brood (the usual case
+      # for real genomes) costs one check and no mutation; one copy of the check and of
+      # mutate/repair in the graph keeps compile time down.
       def cond(c):
-        return c[2]
+        i, _, dup = c
+        return jnp.any(dup) & (i < self.duplicate_retries)
 
       def retry(c):
-        i, x, _ = c
-        dup = ops.duplicates(x, state.population)
-        again = dup & (i < self.duplicate_retries)
+        i, x, dup = c
         km, kr = jax.random.split(jax.random.fold_in(k_d, i))
-        x = jnp.where(again[:, None], self._mutate_repair(km, kr, x, params, force=True), x)
-        return i + 1, x, jnp.any(again)
+        x = jnp.where(dup[:, None], self._mutate_repair(km, kr, x, params, force=True), x)
+        return i + 1, x, ops.duplicates(x, state.population)
 
-      _, kids, _ = jax.lax.while_loop(cond, retry, (jnp.int32(0), kids, jnp.bool_(True)))
+      dup0 = ops.duplicates(kids, state.population)
+      _, kids, _ = jax.lax.while_loop(cond, retry, (jnp.int32(0), kids, dup0))
     return kids.astype(spec.dtype), state
 
   def _mutate_repair(self, k_m, k_r, x, params, force):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def dominates(fitness: jax.Array, violation: jax.Array | None = None) -> jax.Array:
@@ -113,19 +114,37 @@ def crowding_distance(fitness: jax.Array, rank: jax.Array) -> jax.Array:
   return jnp.sum(jax.vmap(one_objective, in_axes=1)(f), axis=0)
 
 
+def _row_hashes(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Two 32-bit hashes per row of x (n, G) (float32 or int32): equal rows hash equal, exactly
+  (integer arithmetic on the bit patterns, wrapping mod 2^32, no float rounding)."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating)
+                                               else jnp.int32), jnp.uint32)
+  bits = bits ^ (bits >> 15)   # mix the high (exponent) bits into the low ones
+  g = x.shape[1]
+  # Fixed odd multipliers (any odd constants work; these come from a seeded generator).
+  rng = np.random.default_rng(20261201)
+  c = rng.integers(1, 2 ** 31, size=(2, g), dtype=np.int64) * 2 + 1
+  h = [jnp.sum(bits * jnp.asarray(ci.astype(np.uint32)), axis=1, dtype=jnp.uint32) for ci in c]
+  return h[0], h[1]
+
+
 def duplicate_mask(x: jax.Array) -> jax.Array:
   """(n,) bool: row i equals some earlier row j < i (the first copy is not a duplicate).
 
-  x: (n, G). A stable lexicographic sort puts equal rows next to each other, lowest index first,
-  so this is O(n log n * G) instead of the (n, n, G) comparison.
+  x: (n, G). Every flagged row is verified equal to an earlier one gene by gene, so there are
+  no false positives. Candidates come from a 64-bit row hash: the earliest j < i with the same
+  hash is checked, so a duplicate is missed only if a *different* earlier row shares its 64-bit
+  hash (probability < n^2 / 2^65). That replaces the lexicographic sort over all G genes
+  (measured 0.52 ms at n = 192, G = 30 on XLA:CPU, whose sort comparator chains one comparison
+  per gene) and the (n, n, G) pairwise test by an (n, n) test of two integers.
   """
   n = x.shape[0]
-  # jnp.lexsort's last key is primary (gene 0 first); lax.sort is not guaranteed stable, so the
-  # row index is the least significant key.
-  order = jnp.lexsort((jnp.arange(n),) + tuple(x.T[::-1]))
-  xs = x[order]
-  same = jnp.concatenate([jnp.zeros((1,), bool), jnp.all(xs[1:] == xs[:-1], axis=1)])
-  return jnp.zeros((n,), bool).at[order].set(same)
+  h1, h2 = _row_hashes(x)
+  same = (h1[:, None] == h1[None, :]) & (h2[:, None] == h2[None, :])
+  earlier = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]     # j < i
+  cand = same & earlier
+  j = jnp.argmax(cand, axis=1)                                   # earliest candidate
+  return jnp.any(cand, axis=1) & jnp.all(x == x[j], axis=1)
 
 
 def rank_and_crowding_order(key: jax.Array, fitness: jax.Array,
