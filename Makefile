@@ -49,8 +49,11 @@ quickstart: setup data
 	$(BIN)/python -m evonas_jax.search --config configs/search_quickstart.py \
 	  --workdir $(WORKDIR)/search --config.supernet_workdir=$(WORKDIR)/train
 
+# A persistent XLA compilation cache shared by the test processes (EVONAS_JAX_COMPILE_CACHE=none
+# turns it off): a second run loads what the first compiled.
+TEST_COMPILE_CACHE ?= $(HOME)/.cache/evonas_jax/xla-tests
 test: setup data
-	@$(BIN)/python -m pytest -q --durations=25 $(XDIST) $(PYTEST_ARGS) tests; rc=$$?; \
+	@EVONAS_JAX_COMPILE_CACHE=$${EVONAS_JAX_COMPILE_CACHE:-$(TEST_COMPILE_CACHE)} $(BIN)/python -m pytest -q --durations=25 $(XDIST) $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): treated as success"; exit 0; fi; \
 	exit $$rc
 

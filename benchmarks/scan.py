@@ -25,8 +25,9 @@ Shapes (``batch, dim, length, state, groups``):
 
 On CPU the default run shrinks batch 8 -> 2 and dim by 4 so that it finishes
 in a few minutes (and the reference backward's per-step residuals fit in
-memory); ``--full`` uses the full shapes.  The JSON records both the shape
-that was run and the full shape.
+memory); ``--full`` uses the full shapes; ``--tiny`` (plumbing checks, e.g.
+``launch/gpu_check.sh --dry-run``) runs batch 1, dim <= 32, length <= 64 in
+seconds.  The JSON records both the shape that was run and the full shape.
 
 GB/s uses a minimal-traffic model: every input read once and every output
 written once (fwd: u, delta, z, B, C, A, D, delta_bias -> y; fwd+bwd adds
@@ -60,6 +61,12 @@ FULL_SHAPES = {
 # HBM bandwidth in GB/s by device_kind prefix (vendor datasheets).
 PEAK_GBPS = {"NVIDIA H100 80GB HBM3": 3350.0, "NVIDIA H100 PCIe": 2000.0, "NVIDIA H200": 4800.0,
              "NVIDIA A100-SXM4-80GB": 2039.0, "NVIDIA A100-SXM4-40GB": 1555.0}
+
+
+def tiny(shape):
+    """Batch 1, dim <= 32 (still a multiple of the groups), length <= 64."""
+    b, d, l, n, g = shape
+    return (1, min(d, 32), min(l, 64), n, g)
 
 
 def reduced(shape, device):
@@ -168,6 +175,8 @@ def bench_backend(backend, args, repeats, with_bwd=True):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="selective-scan benchmark")
     ap.add_argument("--full", action="store_true", help="full shapes on CPU too (slow, ~10+ GB)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="batch 1, dim <= 32, length <= 64: a plumbing check, not a benchmark")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--shapes", default=",".join(FULL_SHAPES))
@@ -182,7 +191,9 @@ def main(argv=None):
     dev = jax.devices()[0]
     dtype = jnp.dtype(args.dtype)
     repeats = args.repeats or (5 if device == "cpu" else 20)
-    peak = args.peak_gbps or (PEAK_GBPS.get(dev.device_kind) if device == "gpu" else None)
+    # Longest table key that the device kind starts with ("NVIDIA H200" covers "... NVL").
+    kinds = sorted((k for k in PEAK_GBPS if dev.device_kind.startswith(k)), key=len)
+    peak = args.peak_gbps or (PEAK_GBPS[kinds[-1]] if device == "gpu" and kinds else None)
     result = {
         "device": device, "device_kind": dev.device_kind, "jax": jax.__version__,
         "host": platform.processor() or platform.machine(), "dtype": args.dtype,
@@ -195,7 +206,7 @@ def main(argv=None):
     names = [s for s in args.shapes.split(",") if s]
     for name in names:
         full = FULL_SHAPES[name]
-        shape = full if args.full else reduced(full, device)
+        shape = tiny(full) if args.tiny else full if args.full else reduced(full, device)
         b, d, l, n, g = shape
         x = make_inputs(b, d, l, n, g, dtype)
         entry = {"shape_bdlng": shape, "full_shape_bdlng": full, "reduced": shape != full,

@@ -16,6 +16,11 @@ little above the pipelined step) for the largest subnet at the official shape.
 
   python benchmarks/train_step.py [--part all|official|quickstart] [--steps 5]
       -> benchmarks/results/train_step_cpu.json (merged with the parts not rerun)
+
+--preset/--image_size/--batch/--num_classes shrink the "official_shape" part and --subnets /
+--engines pick a subset of it (plumbing checks: `launch/gpu_check.sh --dry-run` runs the smallest
+subnet on the engine at tiny/16/4/10); its PyTorch comparison is only recorded at the official
+shape (base, 64, 32, 1000).
 """
 from __future__ import annotations
 
@@ -32,7 +37,14 @@ ap.add_argument("--part", default="all", choices=("all", "official", "quickstart
 ap.add_argument("--steps", type=int, default=5, help="timed steps per official-shape measurement")
 ap.add_argument("--qs_subnets", type=int, default=24, help="subnets in the quickstart sequence")
 ap.add_argument("--out", default=None)
+ap.add_argument("--preset", default="base", help="official_shape part: width preset")
+ap.add_argument("--image_size", type=int, default=64, help="official_shape part: H = W")
+ap.add_argument("--batch", type=int, default=32, help="official_shape part: batch size")
+ap.add_argument("--num_classes", type=int, default=1000, help="official_shape part: classes")
+ap.add_argument("--subnets", default="largest,smallest", help="official_shape part: subnets")
+ap.add_argument("--engines", default="masked,compiled", help="official_shape part: engines")
 args = ap.parse_args()
+OFFICIAL = (args.preset, args.image_size, args.batch, args.num_classes) == ("base", 64, 32, 1000)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -57,8 +69,8 @@ def _sync(x):
 
 
 def official_shape(steps: int) -> dict:
-  space = get_space("evonas", "base")
-  num_classes, batch, hw = 1000, 32, 64
+  space = get_space("evonas", args.preset)
+  num_classes, batch, hw = args.num_classes, args.batch, args.image_size
   mesh = parallel.make_data_mesh(1)
   rng = np.random.default_rng(0)
   images = rng.normal(size=(batch, hw, hw, 3)).astype(np.float32)
@@ -71,10 +83,13 @@ def official_shape(steps: int) -> dict:
   out: dict = {}
   compile_s: dict = {}
   profile: dict = {}
-  for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
+  subnets = [n for n in ("largest", "smallest") if n in args.subnets.split(",")]
+  engines = [e for e in ("masked", "compiled") if e in args.engines.split(",")]
+  for name in subnets:
+    arch = space.largest() if name == "largest" else space.smallest()
     genome = np.asarray(space.encode(arch), np.int32)[None]
     row = {}
-    for engine in ("masked", "compiled"):
+    for engine in engines:
       if engine == "masked":
         student = EvoNet(supernet_spec(space), num_classes, bn_axis_name=parallel.DATA_AXIS)
         step = ShardedTrainStep(make_supernet_loss(student, space, setup), tx, mesh,
@@ -130,12 +145,16 @@ def official_shape(steps: int) -> dict:
       print(f"[official {name}] {engine}: train {ms:.0f} ms/step (first step incl. compile "
             f"{first:.1f} s), inference {row[f'{engine}_inference_ms']:.0f} ms", flush=True)
       del state, step
-    row["official_ms"] = OFFICIAL_MS[name]
-    row["engine_ms"] = row.pop("compiled_ms")
-    row["engine_inference_ms"] = row.pop("compiled_inference_ms")
-    row["speedup_vs_masked"] = row["masked_ms"] / row["engine_ms"]
-    row["speedup_vs_official"] = row["official_ms"] / row["engine_ms"]
+    row["official_ms"] = OFFICIAL_MS[name] if OFFICIAL else None
+    if "compiled" in engines:
+      row["engine_ms"] = row.pop("compiled_ms")
+      row["engine_inference_ms"] = row.pop("compiled_inference_ms")
+      if "masked" in engines:
+        row["speedup_vs_masked"] = row["masked_ms"] / row["engine_ms"]
+      row["speedup_vs_official"] = row["official_ms"] / row["engine_ms"] if OFFICIAL else None
     out[name] = row
+  out["shape"] = {"preset": args.preset, "image_size": hw, "batch": batch,
+                  "num_classes": num_classes, "official": OFFICIAL}
   return {"official_shape": out, "compile_s": compile_s, "profile": profile}
 
 

@@ -24,6 +24,8 @@ from evonas_jax import data, evaluate
 def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.tensorboard = True                  # TensorBoard scalars in <workdir>/tensorboard/search
+  c.compile_cache_dir = ""              # persistent XLA cache: '' per-user default, 'none' off
   c.supernet_workdir = ""     # a finished `evonas_jax.train` workdir (config.json + final/)
   # Used only without a supernet_workdir (else the training run's space/preset/data are used).
   c.space = "evonas"
@@ -64,6 +66,9 @@ def get_config():
   c.evaluator.num_devices = 0           # 0 = every local device (each sub-mesh compiles once)
   c.evaluator.devices_per_group = 1
   c.evaluator.group_size = 4            # candidates vmapped in one compiled call
+  # "pool": one executable over every device (groups of group_size x devices/devices_per_group);
+  # "submeshes": one per sub-mesh, each pulling groups from a queue.
+  c.evaluator.layout = "pool"
 
   c.latency_measure = ml_collections.ConfigDict()
   c.latency_measure.batch = 1

@@ -24,18 +24,29 @@ def default_dir() -> str:
       os.path.expanduser("~"), ".cache", "evonas_jax", "xla")
 
 
-def enable(path: str = "") -> str | None:
+# Size bound of the cache folder (least recently used entries are evicted). Setting any bound
+# also makes JAX take a file lock around every read and write of the folder: without it a
+# process can read an entry another process is still writing (JAX writes entries in place), so
+# the bound is what makes one folder safe to share between processes (pytest-xdist workers,
+# multi-process runs, a search started while a training run compiles).
+MAX_SIZE_BYTES = 16 * 2 ** 30
+
+
+def enable(path: str = "", min_compile_seconds: float = 0.0) -> str | None:
   """Turns the persistent cache on at `path` ('' = `default_dir()`, 'none' = leave it off; the
-  environment variable may also say 'none').
-  Every executable is cached (no minimum compile time or size). Returns the directory used."""
+  environment variable may also say 'none'). Returns the directory used, or None.
+
+  min_compile_seconds: executables that compiled faster are not written (0: every one).
+  """
   path = path or default_dir()
   if path == "none":
     return None
   path = os.path.abspath(os.path.expanduser(path))
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  jax.config.update("jax_compilation_cache_max_size", MAX_SIZE_BYTES)
   return path
 
 

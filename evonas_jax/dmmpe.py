@@ -9,14 +9,22 @@ Both evaluators compute the same thing for every candidate genome (research/evon
 
 They differ only in how the work is spread over devices:
 
-* `DMMPEEvaluator`: the device pool is split into disjoint ("candidate",) sub-meshes. Candidates
-  are cut into groups of `group_size`; a group runs as ONE compiled call that vmaps the masked
-  supernet over the group's masks, with the candidate axis sharded over the sub-mesh's devices
-  (shard_map). The eval and calibration data live on every sub-mesh once (put there when the
-  evaluator is built), so a batch is transferred once and read by every candidate of a group. One
-  worker thread per sub-mesh pulls groups from a shared queue (dynamic load balancing, as the
-  official workers pull tasks); JAX releases the GIL while a computation runs, so sub-meshes work
-  concurrently. Results are gathered in candidate order.
+* `DMMPEEvaluator`: candidates are cut into groups; a group runs as ONE compiled call that vmaps
+  the masked supernet over the group's masks, with the candidate axis sharded over the devices
+  (shard_map; no device talks to another: each evaluates its own candidates on its own copy of
+  the data). Two layouts of the device pool:
+  - "pool" (default): one ("candidate",) mesh of every device, groups of
+    `group_size * (devices / devices_per_group)` candidates: the same candidates in flight as
+    the sub-mesh layout, but ONE executable for the whole pool. On XLA:CPU every sub-mesh of the
+    other layout compiles its own executable (the compile cache keys on the device assignment
+    there; on GPU it does not), which made DMMPE's compile 7x the baseline's.
+  - "submeshes": the pool split into disjoint ("candidate",) sub-meshes of `devices_per_group`
+    devices, groups of `group_size`; one worker thread per sub-mesh pulls groups from a shared
+    queue (dynamic load balancing, as the official workers pull tasks; JAX releases the GIL while
+    a computation runs, so sub-meshes work concurrently). It pays when candidates differ in cost,
+    which masked mode's do not.
+  The eval and calibration data live on every device once (put there when the evaluator is
+  built). Results are gathered in candidate order.
 * `EngineEvaluatorPool` ("engine"): the same pool of disjoint sub-meshes and worker threads, but
   each worker evaluates one candidate at a time on the compiled engine (`evonas_jax.engine`) at
   the candidate's own widths and depth (the batch data-parallel over the sub-mesh's devices), so
@@ -52,6 +60,7 @@ from evonas_jax.evaluate import DEFAULT_CALIB_BATCH_SIZE, DEFAULT_CALIB_BATCHES
 from evonas_jax.space import SearchSpace, genome_to_masks
 
 EVALUATORS = ("dmmpe", "data_parallel", "engine")
+DMMPE_LAYOUTS = ("pool", "submeshes")
 ALLOWED_SPLITS = ("validation", "train")
 
 
@@ -309,14 +318,24 @@ class DMMPEEvaluator(_CachedEvaluator):
 
   def __init__(self, model, variables, space, data: EvalData, *, devices=None,
                devices_per_group: int = 1, group_size: int = 4, cache=None, task=None,
-               metric=None):
+               metric=None, layout: str = "pool"):
     super().__init__(space, cache, task, metric)
-    self.meshes = parallel_pool.candidate_submeshes(devices, devices_per_group)
+    if layout not in DMMPE_LAYOUTS:
+      raise ValueError(f"DMMPE layout={layout!r} is not one of {DMMPE_LAYOUTS}")
+    submeshes = parallel_pool.candidate_submeshes(devices, devices_per_group)
     if not isinstance(group_size, (int, np.integer)) or group_size < 1 or group_size % devices_per_group:
       raise ValueError(f"group_size={group_size!r} must be a positive multiple of "
                        f"devices_per_group={devices_per_group} (each device of a sub-mesh takes "
                        f"group_size / devices_per_group candidates)")
-    self.group_size = int(group_size)
+    self.layout = layout
+    if layout == "pool":
+      # One mesh of every device; as many candidates per call as all sub-meshes hold at once.
+      self.meshes = [parallel_pool.candidate_submeshes(devices, len(submeshes) *
+                                                       devices_per_group)[0]]
+      self.group_size = int(group_size) * len(submeshes)
+    else:
+      self.meshes = submeshes
+      self.group_size = int(group_size)
     self.devices_per_group = devices_per_group
     self._fns, self._args = [], []
     for mesh in self.meshes:
@@ -462,7 +481,8 @@ def make_evaluator(kind: str, model, variables, space: SearchSpace, data_cfg=Non
                    num_eval_batches: int | None = 10, eval_batch_size: int = 500,
                    calib_batches: int = 4, calib_batch_size: int = 128, calib_seed: int = 0,
                    devices: Sequence | None = None, devices_per_group: int = 1,
-                   group_size: int = 4, cache: dict | None = None, rt=None):
+                   group_size: int = 4, cache: dict | None = None, rt=None,
+                   layout: str = "pool"):
   """Builds an evaluator with `.evaluate(genomes (N, G)) -> score (N,)` and `.cache`.
 
   The score is the validation accuracy (classification), or with `rt` (a dense
@@ -471,7 +491,8 @@ def make_evaluator(kind: str, model, variables, space: SearchSpace, data_cfg=Non
   kind: "dmmpe", "data_parallel" or "engine" (EngineEvaluatorPool). data: pre-loaded EvalData (else read from `data_cfg`, `split`
   ("validation" by default; "test" is refused), `num_eval_batches` x `eval_batch_size`, and
   `calib_batches` x `calib_batch_size` augmented train batches seeded by `calib_seed`).
-  devices: device list (default all). devices_per_group: DMMPE and engine; group_size: DMMPE.
+  devices: device list (default all). devices_per_group: DMMPE and engine; group_size and
+  layout ("pool" or "submeshes", see the module docstring): DMMPE.
   cache: an existing {genome bytes: accuracy} dict to continue (e.g. restored by the search).
   """
   if kind not in EVALUATORS:
@@ -487,7 +508,7 @@ def make_evaluator(kind: str, model, variables, space: SearchSpace, data_cfg=Non
   if kind == "dmmpe":
     return DMMPEEvaluator(model, variables, space, data, devices=devices,
                           devices_per_group=devices_per_group, group_size=group_size, cache=cache,
-                          task=task, metric=metric)
+                          task=task, metric=metric, layout=layout)
   if kind == "engine":
     return EngineEvaluatorPool(model, variables, space, data, devices=devices,
                                devices_per_group=devices_per_group, cache=cache, task=task,

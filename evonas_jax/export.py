@@ -22,6 +22,8 @@ flags.DEFINE_integer("bn_recalib_batches", None,
                      "BatchNorm recalibration batches for the subnet (default from the config; "
                      "0 keeps the supernet's shared statistics).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing export folder.")
+flags.DEFINE_string("compile_cache_dir", "", "Persistent XLA compilation cache folder ('' = the "
+                    "per-user default, 'none' = off).")
 flags.mark_flags_as_required(["workdir", "select"])
 
 
@@ -30,8 +32,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from absl import logging
   logging.set_verbosity(logging.WARNING)
-  from evonas_jax import export_lib
+  from evonas_jax import compile_cache, export_lib
   f = flags.FLAGS
+  compile_cache.enable(f.compile_cache_dir)
   try:
     res = export_lib.export_subnet(f.workdir, f.select, f.out, batch_size=f.batch_size,
                                    platforms=f.platforms, bn_recalib_batches=f.bn_recalib_batches,

@@ -8,7 +8,8 @@ pareto.json; a genome (a list, or "0,1,2,..." as on the command line) is validat
 with its own error messages. The export folder holds
 
   arch.json              arch, genome, space, num_classes, image_shape, normalisation, objectives
-                         (from the pareto row, if any), cost, versions, artifact descriptions
+                         (from the pareto row, if any), cost, provenance (versions, git
+                         commit, devices: `evonas_jax.provenance`), artifact descriptions
   params/                orbax checkpoint of the SLICED variables {'params', 'batch_stats'} of
                          `subnet_model(space, arch, num_classes)`, BatchNorm recalibrated for
                          THIS subnet (the supernet's shared statistics fit no single subnet)
@@ -436,9 +437,9 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
   sliced = recalibrate(ref_module, sliced, batches)
   flat = flatten_variables(sliced)
 
-  from evonas_jax import __version__
   from evonas_jax.checkpoint import save_pytree
   from evonas_jax.nn.cost import arch_cost
+  from evonas_jax.provenance import provenance
   if dense:
     from evonas_jax.nn.dense import dense_cost
     cost = dense_cost(ref_module, sliced, image_shape)
@@ -463,8 +464,10 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
       artifacts[p] = {"file": fname, "platforms": list(exp.platforms), "scan_backend": backend,
                       "batch": batch, "bytes": len(blob)}
     ds = src.data_cfg
+    prov = provenance()   # the same record as results.json / pareto.json
     meta = {
-        "format": FORMAT, "evonas_jax_version": __version__, "jax_version": jax.__version__,
+        "format": FORMAT, "evonas_jax_version": prov["packages"]["evonas_jax"],
+        "jax_version": prov["packages"]["jax"], "provenance": prov,
         "task": task.name, "output": task.output,
         "space": space_to_dict(src.space), "arch": arch.to_dict(),
         "genome": genome.tolist(), "arch_short": arch.short(),

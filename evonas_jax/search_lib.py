@@ -14,8 +14,11 @@ violations: the sum of relative excesses over the budgets.
 Every generation the search state (NSGA-II state, rng, archive of every evaluated arch with its
 objectives, the DMMPE accuracy cache, the generation) is saved with an orbax CheckpointManager;
 rerunning the same command resumes from the last generation, and the same seed gives the same
-front. Outputs: pareto.json, pareto.csv, pareto.png, metrics.jsonl, results.json (marks the
-search finished; `open_workdir` then refuses to overwrite it).
+front. Outputs: pareto.json, pareto.csv, pareto.png (pairwise panels of the objectives),
+hypervolume.png, metrics.jsonl and tensorboard/search/ (per generation: hypervolume, front size,
+cache hits and XLA compiles), results.json (marks the search finished; `open_workdir` then
+refuses to overwrite it). pareto.json and results.json carry `provenance` (package versions,
+git commit, devices).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import numpy as np
 from evonas_jax import dmmpe, latency as latency_lib
 from evonas_jax.nn import init_supernet
 from evonas_jax.nn.cost import arch_cost
+from evonas_jax.provenance import provenance
 from evonas_jax.space import get_space
 from evonas_jax.workdir import MetricWriter, open_workdir
 
@@ -60,6 +64,9 @@ def parse_objectives(value) -> tuple[str, ...]:
 def validate_config(cfg) -> None:
   """Fails early, naming the field and the allowed values."""
   parse_objectives(cfg.objectives)
+  if not isinstance(cfg.get("tensorboard", True), bool):
+    raise ValueError(f"config.tensorboard={cfg.get('tensorboard')!r} must be True or False "
+                     "(TensorBoard scalars in <workdir>/tensorboard/search)")
   if cfg.latency not in LATENCY_MODES:
     raise ValueError(f"config.latency={cfg.latency!r} is not one of {LATENCY_MODES}")
   if cfg.latency == "none" and "latency" in parse_objectives(cfg.objectives):
@@ -67,6 +74,12 @@ def validate_config(cfg) -> None:
                      "latency='lut' or 'measured', or drop 'latency' from the objectives")
   if cfg.evaluator.kind not in dmmpe.EVALUATORS:
     raise ValueError(f"config.evaluator.kind={cfg.evaluator.kind!r} is not one of {dmmpe.EVALUATORS}")
+  if not isinstance(cfg.get("compile_cache_dir", ""), str):
+    raise ValueError(f"config.compile_cache_dir={cfg.get('compile_cache_dir')!r} must be a "
+                     "directory path, '' (the per-user default cache) or 'none'")
+  if cfg.evaluator.get("layout", "pool") not in dmmpe.DMMPE_LAYOUTS:
+    raise ValueError(f"config.evaluator.layout={cfg.evaluator.layout!r} is not one of "
+                     f"{dmmpe.DMMPE_LAYOUTS}")
   if cfg.evaluator.split not in dmmpe.ALLOWED_SPLITS:
     raise ValueError(f"config.evaluator.split={cfg.evaluator.split!r} is not one of "
                      f"{dmmpe.ALLOWED_SPLITS} (never the test split)")
@@ -322,8 +335,17 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
   from evonas_jax.evolve import NSGA2, GenomeSpec
   validate_config(config)
   workdir = open_workdir(workdir, config)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True), run="search",
+                        group="search")
   t_start = time.time()
+  from evonas_jax import compile_cache
+  from evonas_jax.compile_cache import CompileStats
+  # The persistent compilation cache, as training uses it: a search run after its training run
+  # (or a resumed search) loads the executables compiled before.
+  cache_dir = compile_cache.enable(config.get("compile_cache_dir", ""))
+  if cache_dir and jax.process_index() == 0:
+    print(f"[evonas_jax] persistent compilation cache: {cache_dir}", flush=True)
+  compile_stats = CompileStats()
 
   if config.supernet_workdir:
     space, model, variables, data_cfg, info, rt = load_supernet(config.supernet_workdir)
@@ -341,7 +363,8 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
       num_eval_batches=ev_cfg.num_eval_batches, eval_batch_size=ev_cfg.eval_batch_size,
       calib_batches=ev_cfg.calib_batches, calib_batch_size=ev_cfg.calib_batch_size,
       calib_seed=config.seed, devices_per_group=ev_cfg.devices_per_group,
-      group_size=ev_cfg.group_size, devices=_devices(ev_cfg.get("num_devices", 0)), rt=rt)
+      group_size=ev_cfg.group_size, devices=_devices(ev_cfg.get("num_devices", 0)), rt=rt,
+      layout=ev_cfg.get("layout", "pool"))
   # Compile the evaluator while the latency table is built: both are mostly single-threaded XLA
   # compiles, so on a 2-core machine they overlap.
   import threading
@@ -397,23 +420,30 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
     evaluator.stats.update(meta.get("evaluator_stats", {}))   # cumulative counts continue
     print(f"[evonas_jax] resumed at generation {gen} ({len(objectives.records)} archs evaluated)",
           flush=True)
+    writer.rewind(gen)   # generations after the checkpoint are redone: each row once
   else:
     gen = 0
+    writer.rewind(-1)    # rows of an attempt that died before its first checkpoint
     key, k_init = jax.random.split(key)
     pop0 = np.asarray(strategy.initial_population(k_init))
     t0 = time.time()
+    before = _counters(evaluator, compile_stats)
     with tqdm(total=len(pop0), desc="generation 0", **pop_bar_kw) as bar:
       fit0, viol0, _ = objectives(pop0, 0, progress=lambda d: bar.update(d - bar.n))
     state = strategy.init(key, jnp.asarray(pop0), jnp.asarray(fit0), params,
                           violation=jnp.asarray(viol0))
+    # Row first, then the checkpoint: a crash in between leaves a row after the checkpoint,
+    # which the resume drops and rewrites (the other order would lose the row).
+    _log_generation(writer, 0, state, strategy, names, scale, config, evaluator,
+                    time.time() - t0, before, compile_stats)
     save_state(ckpt, 0, state, key, objectives, evaluator)
-    _log_generation(writer, 0, state, strategy, names, scale, config, evaluator, time.time() - t0)
   stop = config.num_generations if max_generations_this_run is None else min(
       config.num_generations, gen + max_generations_this_run)
   outer = tqdm(range(gen, stop), desc="search", unit="gen", dynamic_ncols=True, initial=gen,
                total=config.num_generations)
   for g in outer:
     t0 = time.time()
+    before = _counters(evaluator, compile_stats)
     key, k_ask, k_tell = jax.random.split(key, 3)
     kids, state = strategy.ask(k_ask, state, params)
     kids = np.asarray(kids)
@@ -421,13 +451,14 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
       fit, viol, _ = objectives(kids, g + 1, progress=lambda d: bar.update(d - bar.n))
     state, _ = strategy.tell(k_tell, jnp.asarray(kids), jnp.asarray(fit), state, params,
                              violation=jnp.asarray(viol))
-    save_state(ckpt, g + 1, state, key, objectives, evaluator)
     row = _log_generation(writer, g + 1, state, strategy, names, scale, config, evaluator,
-                          time.time() - t0)
+                          time.time() - t0, before, compile_stats)
+    save_state(ckpt, g + 1, state, key, objectives, evaluator)
     outer.set_postfix(hv=f"{row['hypervolume']:.4f}", pareto=row["num_pareto"],
                       hits=row["cache_hits"])
   outer.close()
   ckpt.close()
+  writer.close()
   if stop < config.num_generations:
     print(f"[evonas_jax] stopped after generation {stop} of {config.num_generations}; rerun the "
           "same command to resume.", flush=True)
@@ -436,13 +467,30 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
                  names, scale, t_start)
 
 
-def _log_generation(writer, gen, state, strategy, names, scale, config, evaluator, seconds):
+def _counters(evaluator, compile_stats) -> dict:
+  """Cumulative evaluator counts and XLA compiles, to difference per generation."""
+  c, s = compile_stats.snapshot(), evaluator.stats
+  return {"cache_hits": s["cache_hits"], "evaluated": s["evaluated"],
+          "compiles": c["compiles"], "compile_s": c["compile_s"]}
+
+
+def _log_generation(writer, gen, state, strategy, names, scale, config, evaluator, seconds,
+                    before=None, compile_stats=None):
+  """One metrics.jsonl / TensorBoard row for generation `gen`: hypervolume and size of the
+  population's front, cumulative cache hits / evaluations, and this generation's own cache
+  hits, evaluations and XLA compiles (`before`: `_counters` at the generation's start)."""
   front = np.asarray(strategy.pareto_mask(state))
   fit = np.asarray(state.fitness)[front]
   row = {"hypervolume": _hypervolume(fit, scale) if len(fit) else 0.0,
          "num_pareto": int(front.sum()), "generation_seconds": seconds,
          "cache_hits": evaluator.stats["cache_hits"], "evaluated": evaluator.stats["evaluated"],
          "eval_seconds": evaluator.stats["eval_seconds"]}
+  if before is not None and compile_stats is not None:
+    now = _counters(evaluator, compile_stats)
+    row.update({"gen_cache_hits": now["cache_hits"] - before["cache_hits"],
+                "gen_evaluated": now["evaluated"] - before["evaluated"],
+                "gen_xla_compiles": now["compiles"] - before["compiles"],
+                "gen_xla_compile_s": round(now["compile_s"] - before["compile_s"], 2)})
   for i, n in enumerate(names):
     row[f"best_{n}"] = float(np.asarray(state.fitness)[:, i].min())
   writer.write(gen, **row)
@@ -503,13 +551,16 @@ def _finish(config, workdir, space, info, strategy, state, objectives, table, va
       "hypervolume": _hypervolume(np.array([[r[_UNITS[n]] for n in names] for r in front],
                                            np.float32), scale),
       "wall_seconds": time.time() - t_start,
+      "provenance": provenance(),
   }
   with open(os.path.join(workdir, "pareto.json"), "w") as f:
     json.dump(results, f, indent=1)
   write_csv(os.path.join(workdir, "pareto.csv"), front, lut, objectives.score_key)
   plot_pareto(archive, front, os.path.join(workdir, "pareto.png"),
               f"latency (ms, {'lookup table' if config.latency == 'lut' else 'measured'})",
-              objectives.score_key)
+              objectives.score_key, objectives=names)
+  plot_hypervolume(MetricWriter(workdir, tensorboard=False).read(),
+                   os.path.join(workdir, "hypervolume.png"))
   summary = {k: v for k, v in results.items() if k != "pareto"}
   summary["pareto_size"] = len(front)
   with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -534,23 +585,73 @@ def write_csv(path: str, front: list[dict], lut: dict, score: str = "accuracy") 
                   json.dumps(r["arch"])])
 
 
+# Axis of each objective in the plots: (record field, label, scale); "error" is drawn as its
+# score, MACs and params in millions.
+def _axis(name: str, score: str, latency_label: str) -> tuple[str, str, float]:
+  return {"error": (score, f"validation {score}", 1.0),
+          "latency": ("latency_ms", latency_label, 1.0),
+          "macs": ("macs", "MACs (M)", 1e-6), "params": ("params", "params (M)", 1e-6)}[name]
+
+
 def plot_pareto(archive: list[dict], front: list[dict], path: str,
-                latency_label: str = "latency (ms)", score: str = "accuracy") -> None:
-  """Score (accuracy / AbsRel / mIoU) vs latency and vs MACs: every evaluated arch by
-  generation, the front on top."""
+                latency_label: str = "latency (ms)", score: str = "accuracy",
+                objectives=("error", "latency", "macs")) -> None:
+  """One panel per pair of the search's objectives (three objectives: three panels): every
+  evaluated arch of the archive coloured by generation, the final front circled on top. The
+  error objective is drawn as its score (accuracy / AbsRel / mIoU). With a single objective it
+  is drawn against MACs. Records: the archive's dicts (fields accuracy/error, latency_ms, macs,
+  params, generation); writes a PNG to `path`."""
+  import itertools
+
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  names = list(objectives)
+  if len(names) < 2:
+    names = names + [n for n in ("macs", "error") if n not in names][:1]
+  pairs = list(itertools.combinations(names, 2))
+  # The score reads best on the y axis, as in the old two-panel plot.
+  pairs = [(b, a) if a == "error" else (a, b) for a, b in pairs]
+  fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs) + 0.8, 4), squeeze=False,
+                           layout="constrained")
+  axes = axes[0]
   gen = np.array([r["generation"] for r in archive])
-  for ax, field, label in ((axes[0], "latency_ms", latency_label), (axes[1], "macs", "MACs")):
-    sc = ax.scatter([r[field] for r in archive], [r[score] for r in archive], c=gen,
-                    cmap="viridis", s=12, alpha=0.7)
-    ax.scatter([r[field] for r in front], [r[score] for r in front], facecolors="none",
+  sc = None
+  for ax, (xn, yn) in zip(axes, pairs):
+    (xf, xl, xs), (yf, yl, ys) = _axis(xn, score, latency_label), _axis(yn, score, latency_label)
+    sc = ax.scatter([r[xf] * xs for r in archive], [r[yf] * ys for r in archive], c=gen,
+                    cmap="viridis", s=12, alpha=0.7, label="archive")
+    ax.scatter([r[xf] * xs for r in front], [r[yf] * ys for r in front], facecolors="none",
                edgecolors="red", s=60, linewidths=1.5, label="Pareto set")
-    ax.set(xlabel=label, ylabel=f"validation {score}")
-    ax.legend(loc="lower right")
-  fig.colorbar(sc, ax=axes, label="generation")
+    ax.set(xlabel=xl, ylabel=yl)
+    ax.legend(loc="best", fontsize=8)
+  fig.suptitle(f"objectives: {', '.join(objectives)} ({len(front)} on the front, "
+               f"{len(archive)} evaluated)")
+  if sc is not None:
+    fig.colorbar(sc, ax=list(axes), label="generation")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_hypervolume(rows: list[dict], path: str) -> None:
+  """Hypervolume of the population's front per generation (left axis) and the front's size
+  (right axis), from the metrics.jsonl rows of a search; writes a PNG to `path`."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
+  rows = sorted((r for r in rows if "hypervolume" in r), key=lambda r: r["step"])
+  fig, ax = plt.subplots(figsize=(6, 3.6))
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.plot([r["step"] for r in rows], [r["hypervolume"] for r in rows], marker="o",
+          color="tab:blue")
+  ax.set(xlabel="generation", ylabel="hypervolume (normalised objectives, ref 1.1)")
+  ax2 = ax.twinx()
+  ax2.plot([r["step"] for r in rows], [r["num_pareto"] for r in rows], marker="s",
+           linestyle="--", color="tab:orange")
+  ax2.set_ylabel("front size", color="tab:orange")
+  ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
+  fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
@@ -568,4 +669,5 @@ def print_table(front: list[dict], lut: dict, workdir: str, score: str = "accura
   rho = ", ".join(f"{k} {v:.3f}" for k, v in lut.items() if k.startswith("spearman"))
   if rho:
     print(f"\nlatency table ({lut.get('device')}): Spearman rho {rho}")
-  print(f"outputs in {workdir}: pareto.json, pareto.csv, pareto.png, metrics.jsonl")
+  print(f"outputs in {workdir}: pareto.json, pareto.csv, pareto.png, hypervolume.png, "
+        "metrics.jsonl, tensorboard/")

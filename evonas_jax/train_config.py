@@ -58,6 +58,8 @@ def validate_train_config(c) -> None:
   _need(engine_of(c) in ENGINES, "engine", f"one of {ENGINES}", c.get("engine"))
   _need(isinstance(c.get("compile_cache_dir", ""), str), "compile_cache_dir",
         "a directory path, '' (the default per-user cache) or 'none'", c.get("compile_cache_dir"))
+  _need(isinstance(c.get("tensorboard", True), bool), "tensorboard", "True or False",
+        c.get("tensorboard"))
   _need(c.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"one of {COMPUTE_DTYPES}",
         c.compute_dtype)
   _need(c.teacher.source in TEACHER_SOURCES, "teacher.source", f"one of {TEACHER_SOURCES}",
@@ -122,6 +124,9 @@ def default_config():
   # Persistent XLA compilation cache: '' = the per-user default (~/.cache/evonas_jax/xla or
   # $EVONAS_JAX_COMPILE_CACHE), 'none' = off, or a directory. A second run compiles nothing.
   c.compile_cache_dir = ""
+  # TensorBoard scalars beside metrics.jsonl (<workdir>/tensorboard/{supernet,teacher}); a write
+  # error is a warning, never a failed run.
+  c.tensorboard = True
   c.init_from = ""              # a supernet workdir/checkpoint to start the student from
   c.log_every = 50
   c.eval_every = 300

@@ -2,12 +2,14 @@
 
 Workdir layout (every file belongs to this one config; rerunning the same command resumes):
   config.json, metrics.jsonl      the run's config and one JSON row per log/eval event
+  tensorboard/{supernet,teacher}  the same rows as TensorBoard scalars (config.tensorboard)
   teacher/checkpoints, teacher/final   the teacher stage (when config.teacher.source == "train")
   checkpoints/                    supernet train state: params (student + projectors),
                                   batch_stats, opt_state; meta: step, PST stage, seed, data state
   final/                          the supernet's student variables {"params", "batch_stats"}
                                   (what `search` loads)
-  results.json, metrics.png       final accuracies, costs, timings
+  results.json, metrics.png       final accuracies, costs, timings, provenance (versions,
+                                  git commit, devices)
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from evonas_jax import parallel
 from evonas_jax.checkpoint import TrainCheckpointer, abstract_like, load_pytree, save_pytree
 from evonas_jax.loop import LoopSpec, run_loop
 from evonas_jax.nn.cost import arch_cost
+from evonas_jax.provenance import provenance
 from evonas_jax.pst import PSTSchedule, sample_step_genomes
 from evonas_jax.space import get_space
 from evonas_jax.steps import ShardedTrainStep
@@ -112,6 +115,8 @@ def train_teacher(config, workdir, mesh, info, writer, rt=None):
   train_iter, mode = _train_iterator(config, mesh, config.seed + 11, rt=rt)
   ckpt = TrainCheckpointer(os.path.join(tdir, "checkpoints"), keep=config.keep_checkpoints)
   state, start, _ = _restore(ckpt, state, train_iter)
+  if jax.process_index() == 0:   # rows (and TB events) after the checkpoint are redone now
+    writer.rewind(start, stream="teacher")
   eval_step = jax.jit(lambda v, b: rt.task.eval_stats(teacher.apply(v, b["image"])[0], b))
   key = f"val_{rt.metric_short}"
 
@@ -275,7 +280,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   compile_stats = compile_cache.CompileStats()
   is_main = jax.process_index() == 0
   workdir = open_workdir(workdir, config) if is_main else os.path.abspath(workdir)
-  writer = MetricWriter(workdir)
+  # metrics.jsonl + TensorBoard runs "supernet" and "teacher" (the rows prefixed "teacher_").
+  writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True), run="supernet",
+                        streams={"teacher": "teacher_"})
   space = get_space(config.space, config.preset)
   rt = make_runtime(config)
   info = rt.info
@@ -308,6 +315,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                      rt=rt)
   ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   state, start, _ = _restore(ckpt, state, train_iter)
+  if is_main:   # rows (and TB events) after the checkpoint are redone now
+    writer.rewind(start)
 
   eval_model = rt.student(space)
   calib_iter = rt.train_iterator(config.data, _calib_batch_size(config), config.seed + 1,
@@ -390,6 +399,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results["stage_seconds"] = {"teacher": t_teacher,
                               "supernet": results["wall_seconds"] - t_teacher}
   results["engine"] = engine_of(config)
+  results["provenance"] = provenance()
   results["compile"] = {**compile_stats.snapshot(), "cache_dir": cache_dir}
   if hasattr(step_fn, "backbone"):
     results["compile"]["engine_programs"] = len(step_fn.backbone.programs)
@@ -413,6 +423,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       json.dump(results, f, indent=2)
     plot_metrics(writer.read(), os.path.join(workdir, "metrics.png"), short)
     print_summary(results, workdir)
+  writer.close()
   return results
 
 

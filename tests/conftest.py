@@ -2,8 +2,11 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# No persistent compilation cache in tests unless a test sets one: results must not depend on
-# what an earlier run left in ~/.cache (test_compile_cache.py tests the cache itself).
+# The persistent compilation cache: off for a bare `pytest` unless EVONAS_JAX_COMPILE_CACHE
+# names a folder; `make test` points it at ~/.cache/evonas_jax/xla-tests, so a second run loads
+# the executables the first compiled. A cache entry is keyed by the HLO and every compile
+# option, so a loaded executable is the one XLA would compile: results cannot depend on it
+# (test_compile_cache.py tests the cache itself, in folders of its own).
 os.environ.setdefault("EVONAS_JAX_COMPILE_CACHE", "none")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
@@ -12,3 +15,9 @@ import jax  # noqa: E402
 
 # Compile time dominates the suite on 2 cores; numerics stay fp32 and tolerances unchanged.
 jax.config.update("jax_disable_most_optimizations", True)
+
+from evonas_jax import compile_cache  # noqa: E402
+
+# Executables that compile in under 0.2 s are not written: thousands of tiny entries cost more
+# to write on a cold run than they save on a warm one.
+compile_cache.enable(os.environ["EVONAS_JAX_COMPILE_CACHE"], min_compile_seconds=0.2)

@@ -46,15 +46,19 @@ def reference_accuracy(model, space, variables, data, genome, recalibrate=True):
   return correct / total
 
 
-def test_dmmpe_equals_baseline_and_reference(setup):
+@pytest.mark.parametrize("layout", ["submeshes", "pool"])
+def test_dmmpe_equals_baseline_and_reference(setup, layout):
   space, model, variables, data = setup
   devs = jax.devices()[:4]
   base = space.sample(1, 5)
-  # Duplicates inside the batch and 7 candidates for group_size 4 (not divisible).
+  # Duplicates inside the batch and 7 candidates for groups of 4 (submeshes) or 8 (pool).
   genomes = np.concatenate([base, base[[1, 3]]])
   dm = dmmpe.make_evaluator("dmmpe", model, variables, space, data=data, devices=devs,
-                            devices_per_group=2, group_size=4)
-  assert len(dm.meshes) == 2 and all(m.axis_names == ("candidate",) for m in dm.meshes)
+                            devices_per_group=2, group_size=4, layout=layout)
+  assert all(m.axis_names == ("candidate",) for m in dm.meshes)
+  # pool: one mesh of all 4 devices taking both sub-meshes' groups at once (one executable).
+  assert [m.size for m in dm.meshes] == ([2, 2] if layout == "submeshes" else [4])
+  assert dm.group_size == (4 if layout == "submeshes" else 8)
   acc_dm = dm.evaluate(genomes)
   assert dm.stats["evaluated"] == 5 and dm.stats["cache_hits"] == 2
   dp = dmmpe.make_evaluator("data_parallel", model, variables, space, data=data, devices=devs)
@@ -84,6 +88,8 @@ def test_bad_inputs(setup):
                          devices=jax.devices()[:4], devices_per_group=2, group_size=3)
   with pytest.raises(ValueError, match="devices_per_group=3.*allowed values: \\[1, 2, 4\\]"):
     parallel_pool.candidate_submeshes(jax.devices()[:4], 3)
+  with pytest.raises(ValueError, match="layout='mesh'.*pool"):
+    dmmpe.make_evaluator("dmmpe", model, variables, space, data=data, layout="mesh")
   with pytest.raises(ValueError, match="split='test'.*validation"):
     dmmpe.load_eval_data({}, split="test")
   dm = dmmpe.make_evaluator("dmmpe", model, variables, space, data=data,

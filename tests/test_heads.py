@@ -235,7 +235,11 @@ def test_strip_pooling_matches_numpy_reference():
 def _random_variables(model, x, seed, scale=0.05):
   """Variables of `model` without running its init (no compile): shapes from eval_shape, values
   init-like plus noise (norm/BN scales and variances, fusion kernels/alphas and D near 1)."""
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  return _random_variables_fn(functools.partial(model.init, train=False), x, seed, scale)
+
+
+def _random_variables_fn(init, x, seed, scale=0.05):
+  shapes = jax.eval_shape(init, jax.random.key(0), x)
   leaves, td = jax.tree_util.tree_flatten_with_path(shapes)
   noise, out = _noise(seed), []
   for path, leaf in leaves:
@@ -280,12 +284,13 @@ def test_masked_sliced_standalone_agree(head):
   backbone's fp32 rounding (~3e-6 on the features) to ~1e-5 on the outputs, so an fp32 check at
   1e-5 sits on the rounding noise; in float64 the modes agree to ~1e-14 (the scan state stays
   fp32 by design; an input 1 ulp apart there would show as ~1e-7)."""
+  from hand_slice import fill_standalone
   space, model, v, x = _setup(head)
   rand = space.decode(space.sample(7, num=1)[0])
   # Compile time: sliced mode compiles per arch. The decoder is arch-independent, so the
-  # segmentation head checks one random arch, the depth head the smallest and a random one
-  # (plus the standalone network for the random one).
-  archs = [space.smallest(), rand] if head == "depth" else [rand]
+  # segmentation head checks one random arch, the depth head a random one (plus the standalone
+  # network, on extracted and on hand-copied params) and the smallest.
+  archs = [rand, space.smallest()] if head == "depth" else [rand]
   kw = dict(head=head, head_cfg=HEAD_CFGS[head], num_classes=K, max_depth=10.0)
   with jax.enable_x64(True):
     v, x = _f64(v), _f64(x)
@@ -299,13 +304,22 @@ def test_masked_sliced_standalone_agree(head):
         sub_v = jax.tree.map(np.asarray, extract_dense_subnet(v, space, arch))
         blocks = [k for k in sub_v["params"]["backbone"] if k.startswith("stage")]
         assert len(blocks) == sum(arch.depth_counts)
-        outs["standalone"] = jax.jit(dense_subnet_model(space, arch, **kw).apply)(sub_v, x)
+        net = dense_subnet_model(space, arch, **kw)
+        run = jax.jit(net.apply)
+        outs["standalone"] = run(sub_v, x)
+        # Independent of extract_dense_subnet: the small module's own init tree (eval_shape:
+        # every leaf is overwritten, so only its names and shapes matter; a real init costs a
+        # ~10-20 s compile) filled with supernet slices copied by hand (tests/hand_slice.py).
+        fresh = jax.eval_shape(functools.partial(net.init, train=False), jax.random.key(9), x)
+        outs["standalone_hand_copied"] = run(fill_standalone(fresh, v, space, arch, "backbone"),
+                                             x)
+      errs = {}
       for mode, b in outs.items():
         assert set(a) == set(b)
         for key in a:
           assert np.isfinite(np.asarray(a[key])).all()
-          err = float(jnp.abs(a[key] - b[key]).max())
-          assert err <= 1e-8, f"{head} {key} masked vs {mode} {arch.short()}: max abs diff {err}"
+          errs[f"{mode} {key}"] = float(jnp.abs(a[key] - b[key]).max())
+      assert max(errs.values()) <= 1e-8, f"{head} {arch.short()}: max abs diff to masked {errs}"
       assert [f.shape for f in feats] == [(2, 8, 16, 16), (2, 4, 8, 32), (2, 2, 4, 64),
                                           (2, 1, 2, 128)]
       if head == "depth":
@@ -383,7 +397,8 @@ def test_costs_match_analytic_backbone_plus_decoder():
 
 def test_mamba_fpn_pyramid_levels_for_detection():
   """P2..P5 at 256 (detection default) on strides 4..32, P6 = max_pool(kernel 1, stride 2) of P5;
-  the pre-output maps e0..e3 keep the backbone widths. Shapes only (eval_shape: no compile)."""
+  the pre-output maps e0..e3 keep the backbone widths (shapes: eval_shape, no compile). P6's
+  values: a small MambaFPN's real output against a naive max-pool loop."""
   from evonas_jax.nn.heads import MambaFPN
   feats = [jnp.zeros((2, 32 // 2 ** s, 40 // 2 ** s, 8 * 2 ** s)) for s in range(4)]  # 4x5 at s3
   fpn = MambaFPN()
@@ -392,9 +407,21 @@ def test_mamba_fpn_pyramid_levels_for_detection():
   assert [p.shape for p in pyr] == [(2, 32, 40, 256), (2, 16, 20, 256), (2, 8, 10, 256),
                                     (2, 4, 5, 256), (2, 2, 3, 256)]
   assert [e.shape for e in levels] == [f.shape for f in feats]
-  p5 = jax.random.normal(jax.random.key(0), (1, 5, 7, 3))
-  ref = jax.lax.reduce_window(p5, -jnp.inf, jax.lax.max, (1, 1, 1, 1), (1, 2, 2, 1), "VALID")
-  np.testing.assert_array_equal(p5[:, ::2, ::2], ref)   # the subsampling MambaFPN uses for P6
+  # P6 of the module's real output vs PyTorch's max_pool2d(P5, kernel_size=1, stride=2) written
+  # as a loop (output size floor((h - 1) / 2) + 1, each window the single pixel (2i, 2j)). A
+  # 3 x 5 P5 (odd sizes: the last row / column is kept) at a small width keeps the compile short.
+  small = MambaFPN(out_channels=8, mlp_ratio=1.0, pool_sizes=(2, 2), scan_backend="reference")
+  feats = [jnp.asarray(_noise(10 + s)((1, 24 // 2 ** s, 40 // 2 ** s, 4 * 2 ** s)))
+           for s in range(4)]
+  v = _random_variables_fn(small.init, feats, seed=11)
+  pyr = jax.jit(small.apply)(v, feats)
+  p5, p6 = np.asarray(pyr[3]), np.asarray(pyr[4])
+  assert p5.shape == (1, 3, 5, 8) and np.std(p5) > 1e-3
+  ref = np.zeros((1, (3 - 1) // 2 + 1, (5 - 1) // 2 + 1, 8), np.float32)
+  for i in range(ref.shape[1]):
+    for j in range(ref.shape[2]):
+      ref[:, i, j] = p5[:, 2 * i:2 * i + 1, 2 * j:2 * j + 1].max(axis=(1, 2))
+  np.testing.assert_array_equal(p6, ref)
 
 
 def test_registry_errors_name_allowed_values():

@@ -54,15 +54,27 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("search")
   cfg = _config(root)
   wd_a, wd_b = str(root / "a"), str(root / "b")
-  res_a = search_lib.run_search(cfg, wd_a)
-  # The same search, killed after generation 1 and resumed. The latency table is a measurement,
-  # so the second workdir gets a copy of the first's (as a resumed run reuses its own).
-  os.makedirs(wd_b)
-  shutil.copy(os.path.join(wd_a, "latency_table.json"), wd_b)
-  assert search_lib.run_search(cfg, wd_b, max_generations_this_run=1) is None
-  rows_killed = [json.loads(l) for l in open(os.path.join(wd_b, "metrics.jsonl"))]
-  res_b = search_lib.run_search(cfg, wd_b)
-  return cfg, wd_a, wd_b, res_a, res_b, rows_killed
+  # The latency check's raw report (predictions and measurements are not written to the
+  # workdir): recorded so the test can recompute the rho the search reports.
+  reports = []
+  validate = search_lib.latency_lib.validate_table
+
+  def recording_validate(*a, **kw):
+    reports.append(validate(*a, **kw))
+    return reports[-1]
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(search_lib.latency_lib, "validate_table", recording_validate)
+    res_a = search_lib.run_search(cfg, wd_a)
+    # The same search, killed after generation 1 and resumed. The latency table is a
+    # measurement, so the second workdir gets a copy of the first's (as a resumed run reuses
+    # its own).
+    os.makedirs(wd_b)
+    shutil.copy(os.path.join(wd_a, "latency_table.json"), wd_b)
+    assert search_lib.run_search(cfg, wd_b, max_generations_this_run=1) is None
+    rows_killed = [json.loads(l) for l in open(os.path.join(wd_b, "metrics.jsonl"))]
+    res_b = search_lib.run_search(cfg, wd_b)
+  return cfg, wd_a, wd_b, res_a, res_b, rows_killed, reports
 
 
 def _key(r):
@@ -70,7 +82,7 @@ def _key(r):
 
 
 def test_resume_gives_the_same_front(runs, capsys):
-  cfg, wd_a, wd_b, res_a, res_b, rows_killed = runs
+  cfg, wd_a, wd_b, res_a, res_b, rows_killed, _ = runs
   assert [r["step"] for r in rows_killed] == [0, 1]
   rows = [json.loads(l) for l in open(os.path.join(wd_b, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [0, 1, 2, 3]   # resumed at 2, nothing redone
@@ -88,7 +100,7 @@ def test_resume_gives_the_same_front(runs, capsys):
 
 
 def test_outputs_are_consistent(runs):
-  cfg, wd_a, _, res, _, _ = runs
+  cfg, wd_a, _, res, _, _, reports = runs
   for f in ("pareto.json", "pareto.csv", "pareto.png", "metrics.jsonl", "results.json",
             "latency_table.json", "config.json"):
     assert os.path.exists(os.path.join(wd_a, f)), f
@@ -116,7 +128,19 @@ def test_outputs_are_consistent(runs):
   measured = [r for r in front if "measured_latency_ms" in r]
   assert len(measured) == min(2, len(front)) and all(r["measured_latency_ms"] > 0 for r in measured)
   lut = res["latency_table"]
-  assert -1 <= lut["spearman_rho_random"] <= 1 and lut["num_random_archs"] == 3
+  assert lut["num_random_archs"] == 3
+  # The reported rho is the rank correlation (scipy as the reference) of the saved table's
+  # predictions on the seeded random archs with their measured latencies.
+  from scipy import stats
+
+  from evonas_jax.latency import LatencyTable
+  rep = reports[0]                      # run a's check (run b's final check is reports[-1])
+  saved = LatencyTable.load(os.path.join(wd_a, "latency_table.json"))
+  seeded = [space.decode(g) for g in space.sample(cfg.seed, 3)]
+  assert rep["predicted_ms"] == [saved.predict(a) for a in seeded]
+  assert len(rep["measured_ms"]) == 3 and all(m > 0 for m in rep["measured_ms"])
+  want = stats.spearmanr(rep["predicted_ms"], rep["measured_ms"]).statistic
+  assert lut["spearman_rho_random"] == pytest.approx(want, abs=1e-12)
   metrics = [json.loads(l) for l in open(os.path.join(wd_a, "metrics.jsonl"))]
   assert len(metrics) == cfg.num_generations + 1
   assert all(m["hypervolume"] > 0 for m in metrics)

@@ -42,9 +42,12 @@ def test_train_quickstart_on_digits(tmp_path, capsys):
     assert all(np.isfinite(r[k]) for r in rows if "loss" in r), k
   first = [r for r in rows if "loss" in r][0]    # rows before it are the teacher stage's
   assert first["kd"] > 0 and first["spatial"] > 0 and first["frequency"] > 0
-  # The teacher stage ran first and was evaluated (its accuracy is not asserted: this small ViT
-  # learns slowly from scratch, ~0.14 on digits after 60 steps; see the issue-4 note).
-  assert 0.0 <= res["teacher_val_acc"] <= 1.0
+  # The teacher stage ran first and learned. Its validation split is 200 images, exactly 20 per
+  # class (stratified), so a classifier whose output ignores the image scores 0.1 on average
+  # (a constant one exactly 0.1), with standard deviation <= sqrt(0.1 * 0.9 / 200) = 0.021.
+  # 0.16 is ~3 sd above that. Measured with this config (8 CPU devices): 0.225 for seed 0 (the
+  # test's) and 0.28 for seed 1, so the bound leaves a margin of 13 images.
+  assert res["teacher_val_acc"] > 0.16, res["teacher_val_acc"]
   assert any("teacher_loss" in r for r in rows)
   # Real learning: loss falls and the largest subnet beats chance (10 classes) clearly (2x
   # chance after 40 steps; measured 0.255-0.375 over seeds 0 and 1, both engines, 1 and 8 devices).

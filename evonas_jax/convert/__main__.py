@@ -36,6 +36,8 @@ flags.DEFINE_bool("allow_unmapped", False, "Drop keys without a counterpart inst
 flags.DEFINE_string("select", None, "With --reverse: a pareto.json row or a genome (comma list): "
                     "export that subnet in the official standalone layout.")
 flags.DEFINE_bool("overwrite", False, "With --reverse: replace an existing --to file.")
+flags.DEFINE_string("compile_cache_dir", "", "Persistent XLA compilation cache folder ('' = the "
+                    "per-user default, 'none' = off).")
 flags.mark_flags_as_required(["from", "to"])
 
 
@@ -44,8 +46,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from absl import logging
   logging.set_verbosity(logging.WARNING)
+  from evonas_jax import compile_cache
   from evonas_jax.convert import pipeline
   f = flags.FLAGS
+  compile_cache.enable(f.compile_cache_dir)
   try:
     if f.reverse:
       pipeline.export_official(getattr(f, "from"), f.to, select=f.select,

@@ -1,11 +1,21 @@
-"""NAS-Bench-201 ground truth and Suite-Zero proxy values from shared/benchdata (offline files).
+"""NAS-Bench-201 ground truth and NAS-Bench-Suite-Zero proxy values (offline, nothing downloaded).
 
-Location: an explicit path, else $EVONAS_BENCHDATA, else `../shared/benchdata` next to the repo
-root (the layout this project is developed in). Nothing is downloaded.
+Where the data comes from, in order:
+  1. an explicit `path`, else
+  2. $EVONAS_BENCHDATA,
+  either a folder of the full original files (`nb201/nb201_merged.csv`,
+  `naslib_zc_early/*.json`; the layout of the project's research `benchdata` folder) or a folder
+  holding the two shipped files below; else
+  3. the subset shipped inside the package, `evonas_jax/proxies/data/` (`DATA_DIR`):
+     `nb201_subset.npz` and `naslib_zc_early_subset.npz`, built from the originals by
+     `benchmarks/build_benchdata_subset.py`; provenance and licences in `data/PROVENANCE.md`.
+Both sources give the same arrays (tests/test_benchdata.py checks it value by value when the
+originals are present).
 """
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -15,24 +25,72 @@ ACC_COLUMNS = {"cifar10": "c10_test_200ep", "cifar100": "c100_test_200ep",
                "ImageNet16-120": "in16_test_200ep"}
 SUITE_ZERO = ("epe_nas", "fisher", "flops", "grad_norm", "grasp", "jacov", "l2_norm", "nwot",
               "params", "plain", "snip", "synflow", "zen")
+# Early NASLib Suite-Zero subsets read by benchmarks/libra.py: tag -> original file name.
+NASLIB_EARLY = {"nb101": "zc_nasbench101.json", "nb301": "zc_nasbench301.json",
+                "tnb101_micro": "zc_transbench101_micro.json",
+                "tnb101_macro": "zc_transbench101_macro.json"}
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+NB201_FILE = "nb201_subset.npz"
+NASLIB_FILE = "naslib_zc_early_subset.npz"
+_ORIGINAL_NB201 = Path("nb201") / "nb201_merged.csv"
+
+
+def _is_originals(d: Path) -> bool:
+  return (d / _ORIGINAL_NB201).is_file()
+
+
+def _is_shipped(d: Path) -> bool:
+  return (d / NB201_FILE).is_file()
 
 
 def find_benchdata(path: str | None = None) -> Path:
-  cands = [path, os.environ.get("EVONAS_BENCHDATA"),
-           str(Path(__file__).resolve().parents[2].parent / "shared" / "benchdata")]
-  for c in cands:
-    if c and (Path(c) / "nb201" / "nb201_merged.csv").is_file():
-      return Path(c)
-  raise FileNotFoundError(
-      "NAS-Bench-201 benchdata not found: pass benchdata_dir / set $EVONAS_BENCHDATA to a folder "
-      f"containing nb201/nb201_merged.csv (tried {[c for c in cands if c]})")
+  """The folder the tables are read from: `path`, else $EVONAS_BENCHDATA, else `DATA_DIR`.
+
+  An explicit folder (argument or variable) that holds neither the originals nor the shipped
+  files is an error, not a silent fallback to the shipped subset.
+  """
+  for value, what in ((path, "benchdata path"), (os.environ.get("EVONAS_BENCHDATA"),
+                                                  "$EVONAS_BENCHDATA")):
+    if value:
+      d = Path(value)
+      if _is_originals(d) or _is_shipped(d):
+        return d
+      raise FileNotFoundError(
+          f"{what}={value!r} holds neither {_ORIGINAL_NB201} (the full originals) nor "
+          f"{NB201_FILE} (the shipped subset); unset it to use the subset shipped in {DATA_DIR}")
+  if not _is_shipped(DATA_DIR):
+    raise FileNotFoundError(f"the shipped benchmark data {DATA_DIR / NB201_FILE} is missing: "
+                            "reinstall evonas_jax, or set $EVONAS_BENCHDATA")
+  return DATA_DIR
 
 
 def load_nb201_table(path: str | None = None) -> dict[str, np.ndarray]:
-  """All 15,625 rows: nb201_index (int), arch_str (str), the three 200-epoch test accuracies
-  (cifar10 / cifar100 / ImageNet16-120 keys), and `sz_c10_<proxy>` / `sz_in16_<proxy>` Suite-Zero
-  values (NaN for the non-unique nets that Suite-Zero did not score)."""
-  f = find_benchdata(path) / "nb201" / "nb201_merged.csv"
+  """All 15,625 NB201 cells, in NB201/NATS-tss index order:
+    nb201_index (15625,) int; arch_str (15625,) object (NB201 strings);
+    naslib_op_indices: list of 15625 NASLib tuple strings, e.g. "(4, 3, 3, 0, 0, 0)";
+    cifar10 / cifar100 / ImageNet16-120 (15625,) float64: 200-epoch test accuracies (%);
+    sz_c10_<proxy> / sz_in16_<proxy> (15625,) float64: Suite-Zero values on CIFAR-10 /
+      ImageNet16-120, NaN for the 6,180 non-unique cells Suite-Zero did not score.
+  `path`: see `find_benchdata`."""
+  d = find_benchdata(path)
+  if _is_originals(d):
+    return _nb201_from_csv(d / _ORIGINAL_NB201)
+  with np.load(d / NB201_FILE, allow_pickle=False) as z:
+    out = {"nb201_index": z["nb201_index"].astype(np.int64),
+           "arch_str": np.array([s.decode("ascii") for s in z["arch_str"]], dtype=object),
+           "naslib_op_indices": ["(" + ", ".join(str(int(v)) for v in r) + ")"
+                                 for r in z["naslib_op_indices"]]}
+    for k, col in ACC_COLUMNS.items():
+      out[k] = z[col].astype(np.float64)
+    for p in SUITE_ZERO:
+      for ds in ("c10", "in16"):
+        # float32-stored columns hold values that were exactly float32: the cast is exact.
+        out[f"sz_{ds}_{p}"] = z[f"{ds}_{p}"].astype(np.float64)
+  return out
+
+
+def _nb201_from_csv(f: Path) -> dict[str, np.ndarray]:
   with open(f, newline="") as fh:
     rows = list(csv.DictReader(fh))
   num = lambda s: float(s) if s != "" else np.nan  # noqa: E731
@@ -44,4 +102,44 @@ def load_nb201_table(path: str | None = None) -> dict[str, np.ndarray]:
   for p in SUITE_ZERO:
     for ds in ("c10", "in16"):
       out[f"sz_{ds}_{p}"] = np.array([num(r[f"{ds}_{p}"]) for r in rows])
+  return out
+
+
+def load_naslib_early(path: str | None = None) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+  """The early NASLib Suite-Zero subsets: {tag: {task: {field: (n,) array}}}.
+
+  tag: a key of `NASLIB_EARLY` (nb101, nb301, tnb101_micro, tnb101_macro); task: the dataset or
+  TNB101 task (e.g. "cifar10", "class_scene"); fields: "arch" (n,) object (the original JSON
+  keys), "val_accuracy" (n,) float64 and one (n,) float64 array per proxy (its "score"; NaN where
+  a record lacks it), records in file order. `path`: see `find_benchdata`."""
+  d = find_benchdata(path)
+  out: dict = {}
+  if _is_originals(d):
+    for tag, fname in NASLIB_EARLY.items():
+      with open(d / "naslib_zc_early" / fname) as f:
+        data = json.load(f)
+      if tag == "nb101":
+        data = data["nasbench101"]
+      out[tag] = {}
+      for task, archs in data.items():
+        recs = list(archs.values())
+        names = sorted({k for r in recs for k in r if k not in ("idx", "arch")})
+        val = lambda r, k: (r[k]["score"] if isinstance(r.get(k), dict)  # noqa: E731
+                            else r.get(k, np.nan))
+        cols = {"arch": np.array(list(archs), dtype=object)}
+        cols.update({k: np.array([val(r, k) for r in recs], np.float64) for k in names})
+        out[tag][task] = cols
+    return out
+  with np.load(d / NASLIB_FILE, allow_pickle=False) as z:
+    for tt in z["_order"]:   # the original files' task order
+      tag, task = tt.decode("ascii").split(".")
+      out.setdefault(tag, {})[task] = {}
+    for key in z.files:
+      if key == "_order":
+        continue
+      tag, task, field = key.split(".", 2)
+      a = z[key]
+      a = (np.array([s.decode("ascii") for s in a], dtype=object) if field == "arch"
+           else a.astype(np.float64))
+      out[tag][task][field] = a
   return out
