@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from evonas_jax.proxies import libra  # noqa: E402
-from evonas_jax.proxies.benchdata import find_benchdata, load_nb201_table  # noqa: E402
+from evonas_jax.proxies.benchdata import (  # noqa: E402
+    find_benchdata, load_naslib_early, load_nb201_table)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -77,24 +78,13 @@ def nb201_suite_zero(bd):
 
 
 def naslib_early(bd):
-  d0 = os.path.join(bd, "naslib_zc_early")
   out = {}
-  for fname, tag in (("zc_nasbench101.json", "nb101"), ("zc_nasbench301.json", "nb301"),
-                     ("zc_transbench101_micro.json", "tnb101_micro"),
-                     ("zc_transbench101_macro.json", "tnb101_macro")):
-    with open(os.path.join(d0, fname)) as f:
-      data = json.load(f)
-    if tag == "nb101":
-      data = data["nasbench101"]
-    for task, archs in data.items():
-      recs = list(archs.values())
-      names = sorted({k for r in recs for k in r if k not in ("idx", "arch", "val_accuracy")})
-      val = lambda r, k: (r[k]["score"] if isinstance(r.get(k), dict) else r.get(k, np.nan))  # noqa
-      scores = {k: np.array([val(r, k) for r in recs], float) for k in names}
-      acc = np.array([r["val_accuracy"] for r in recs], float)
+  for tag, data in load_naslib_early(bd).items():
+    for task, cols in data.items():
+      scores = {k: v for k, v in cols.items() if k not in ("arch", "val_accuracy")}
       if "params" not in scores:
         continue
-      out[f"{tag}_{task}"] = evaluate(scores, acc, scores["params"])
+      out[f"{tag}_{task}"] = evaluate(scores, cols["val_accuracy"], scores["params"])
   return out
 
 

@@ -26,7 +26,7 @@ def get_config():
   # Fisher's per-layer sum: "param" = Suite-Zero/NASLib (each channel's value counted once per
   # weight of that channel, i.e. times the layer's fan-in); "channel" = plain sum over channels.
   c.fisher = ml_collections.ConfigDict({"weighting": "param"})
-  c.benchdata_dir = ""              # "" -> $EVONAS_BENCHDATA or ../shared/benchdata
+  c.benchdata_dir = ""              # "" -> $EVONAS_BENCHDATA, else the shipped subset
   c.net = ml_collections.ConfigDict({"channels": 8, "cells": 1})
   c.data = ml_collections.ConfigDict({"source": "foolbox", "num_images": 20, "path": ""})
   c.lswag = ml_collections.ConfigDict({

@@ -2,7 +2,6 @@
 a killed search resumes to the same front as an uninterrupted one; outputs are consistent;
 bad config fields fail early, naming the field and the allowed values."""
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -16,17 +15,8 @@ from evonas_jax.space import Arch
 
 
 def _config(tmp_root):
-  spec = importlib.util.spec_from_file_location(
-      "search_quickstart",
-      os.path.join(os.path.dirname(__file__), "..", "configs", "search_quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
-  c.data.source = "digits"
-  c.data.tfds_data_dir = str(tmp_root / "tfds")
-  c.data.val_size = 200
-  c.data.image_size = 16
-  c.data.mean, c.data.std = 0.3, 0.35
+  from helpers import load_config, use_digits
+  c = use_digits(load_config("search_quickstart"), tmp_root)
   # A smaller space: compile time on 2 cores scales with blocks and latency-table entries.
   c.space_overrides.max_depths = (1, 2, 2, 1)
   c.space_overrides.mlp_choices = (1.0, 4.0)

@@ -228,18 +228,8 @@ def test_metric_writer_streams_tags_and_off_switch(tmp_path):
 
 # ------------------------------------------------------------------ a real search
 def _search_config(root):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "search_quickstart",
-      os.path.join(os.path.dirname(__file__), "..", "configs", "search_quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
-  c.data.source = "digits"
-  c.data.tfds_data_dir = str(root / "tfds")
-  c.data.val_size = 200
-  c.data.image_size = 16
-  c.data.mean, c.data.std = 0.3, 0.35
+  from helpers import load_config, use_digits
+  c = use_digits(load_config("search_quickstart"), root)
   c.space_overrides.max_depths = (1, 1, 1, 1)
   c.space_overrides.mlp_choices = (1.0, 4.0)
   c.space_overrides.expand_choices = (1.0, 2.0)

@@ -173,27 +173,20 @@ def table(space, task: str = "classification", blocks_per_stage=None) -> list[Ro
   return rows
 
 
+# Axis permutations (ours <- official, official <- ours) of the transforms that move axes.
+_PERMS = {"linear": ((1, 0), (1, 0)), "conv": ((2, 3, 1, 0), (3, 2, 0, 1))}
+
+
 def to_ours(kind: str, a: np.ndarray) -> np.ndarray:
   """Official array -> our layout."""
-  if kind == "linear":
-    return np.ascontiguousarray(a.T)
-  if kind == "conv":
-    return np.ascontiguousarray(a.transpose(2, 3, 1, 0))
-  return a
+  return np.ascontiguousarray(a.transpose(_PERMS[kind][0])) if kind in _PERMS else a
 
 
 def to_official(kind: str, a: np.ndarray) -> np.ndarray:
   """Our array -> the official layout (inverse of `to_ours`)."""
-  if kind == "linear":
-    return np.ascontiguousarray(a.T)
-  if kind == "conv":
-    return np.ascontiguousarray(a.transpose(3, 2, 0, 1))
-  return a
+  return np.ascontiguousarray(a.transpose(_PERMS[kind][1])) if kind in _PERMS else a
 
 
 def official_shape(kind: str, ours: tuple[int, ...]) -> tuple[int, ...]:
-  if kind == "linear":
-    return tuple(reversed(ours))
-  if kind == "conv":
-    return (ours[3], ours[2], ours[0], ours[1])
-  return tuple(ours)
+  """The official shape of an array whose shape is `ours` in our layout."""
+  return tuple(ours[i] for i in _PERMS[kind][1]) if kind in _PERMS else tuple(ours)
