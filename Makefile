@@ -22,7 +22,9 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 .PHONY: setup data quickstart test aot-h100 bench-scan clean-venv
 
 # foolbox ships the 20 real CIFAR-10 test images the NB201 proxy bench reads (its data files
-# only; --no-deps keeps eagerpy/GitPython out, foolbox itself is never imported).
+# only; --no-deps keeps eagerpy/GitPython out, foolbox itself is never imported). jax2onnx (the
+# ONNX exporter) goes in --no-deps too: it pins orbax-checkpoint below ours and pulls in
+# equinox/dm-pix/netron/huggingface-hub, none of which its converter needs.
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +32,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps "foolbox==3.3.4"
+	$(BIN)/pip install -q --no-deps "jax2onnx==0.17.1"
 	touch $@
 
 # Fashion-MNIST comes from the Debian package dataset-fashion-mnist (installed when running as
@@ -49,9 +52,10 @@ quickstart: setup data
 	$(BIN)/python -m evonas_jax.search --config configs/search_quickstart.py \
 	  --workdir $(WORKDIR)/search --config.supernet_workdir=$(WORKDIR)/train
 
-# A persistent XLA compilation cache shared by the test processes (EVONAS_JAX_COMPILE_CACHE=none
-# turns it off): a second run loads what the first compiled.
-TEST_COMPILE_CACHE ?= $(HOME)/.cache/evonas_jax/xla-tests
+# The persistent XLA compilation cache is off for the tests by default: on a fresh clone (CI) it
+# only adds the cost of writing every entry. `make test TEST_COMPILE_CACHE=~/.cache/evonas_jax/
+# xla-tests` shares one between the test processes, so a second run loads what the first compiled.
+TEST_COMPILE_CACHE ?= none
 test: setup data
 	@EVONAS_JAX_COMPILE_CACHE=$${EVONAS_JAX_COMPILE_CACHE:-$(TEST_COMPILE_CACHE)} $(BIN)/python -m pytest -q --durations=25 $(XDIST) $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): treated as success"; exit 0; fi; \

@@ -5,22 +5,28 @@ model_cuda.jax_export) that runs with numpy + jax alone: see examples/run_export
 
   --select 3            row 3 of the search's pareto.json
   --select 0,1,2,...    a genome (comma list of gene indices; also works on a training workdir)
+  --select "latency_ms<=2.5"   the most accurate pareto row within a budget (clauses joined by
+                        '&', fields of pareto.json: latency_ms, macs, params, error, ...)
   --out DIR             default <workdir>/export/pareto_<i> or .../genome_<hash>
   --batch_size B        fixed batch in the artifacts (default 0: symbolic batch "b")
   --platforms cpu,cuda  artifacts to lower (CUDA lowers fine on a CPU-only machine)
+  --formats jax_export,onnx   what to write: jax.export artifacts and/or model.onnx (checked
+                        against JAX in onnxruntime; needs `pip install --no-deps jax2onnx onnx-ir`)
   --bn_recalib_batches N  BatchNorm recalibration batches (default: the workdir's config)
   --overwrite           replace an existing DIR
 """
 from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "A search workdir (pareto.json) or a training workdir.")
-flags.DEFINE_string("select", None, "A pareto.json row index, or a genome as a comma list.")
+flags.DEFINE_string("select", None, "A pareto.json row index, a genome as a comma list, or a "
+                    "budget such as 'latency_ms<=2.5' (the most accurate row meeting it).")
 flags.DEFINE_string("out", None, "Export folder (default <workdir>/export/<name>).")
 flags.DEFINE_integer("batch_size", 0, "Fixed batch size of the artifacts; 0 = symbolic.")
 flags.DEFINE_string("platforms", "cpu,cuda", "Comma list of platforms to lower for: cpu, cuda.")
 flags.DEFINE_integer("bn_recalib_batches", None,
                      "BatchNorm recalibration batches for the subnet (default from the config; "
                      "0 keeps the supernet's shared statistics).")
+flags.DEFINE_string("formats", "jax_export", "Comma list of artifact formats: jax_export, onnx.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing export folder.")
 flags.DEFINE_string("compile_cache_dir", "", "Persistent XLA compilation cache folder ('' = the "
                     "per-user default, 'none' = off).")
@@ -38,8 +44,8 @@ def main(argv):
   try:
     res = export_lib.export_subnet(f.workdir, f.select, f.out, batch_size=f.batch_size,
                                    platforms=f.platforms, bn_recalib_batches=f.bn_recalib_batches,
-                                   overwrite=f.overwrite)
-  except (ValueError, FileExistsError, FileNotFoundError) as e:
+                                   overwrite=f.overwrite, formats=f.formats)
+  except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
     # Bad input: the message names the flag and the allowed values; no traceback needed.
     raise app.UsageError(str(e)) from None
   export_lib.print_summary(res)

@@ -4,7 +4,8 @@
 
 `workdir` is a search workdir (pareto.json + config.json naming its `supernet_workdir`) or a
 training workdir (config.json + final/). `select` picks the subnet: an int / "3" is row 3 of
-pareto.json; a genome (a list, or "0,1,2,..." as on the command line) is validated by the space
+pareto.json; a budget such as "latency_ms<=2.5" (clauses joined by '&') is the most accurate
+pareto row that meets it (`evonas_jax.front_select`); a genome (a list, or "0,1,2,..." as on the command line) is validated by the space
 with its own error messages. The export folder holds
 
   arch.json              arch, genome, space, num_classes, image_shape, normalisation, objectives
@@ -18,6 +19,13 @@ with its own error messages. The export folder holds
                          serialized `jax.export` of f(flat_variables, images) -> outputs, the
                          variables an argument (not baked-in constants), lowered per platform;
                          `flat_variables` is exactly the dict that `np.load("params.npz")` gives.
+                         `jax.export` artifacts load only in JAX versions inside its
+                         serialization compatibility window (about 6 months): for long-lived
+                         deployment use the ONNX file.
+  model.onnx             (formats include "onnx") the subnet as standard ONNX ops, weights as
+                         initializers, input "images" (B, H, W, C) float32, symbolic batch;
+                         checked against JAX with onnxruntime on the calibration images (the
+                         differences are recorded in arch.json)
 
 Batch dimension: symbolic ("b") unless `batch_size` is given. The CUDA artifact of an arch with
 SS2D blocks first tries the Pallas Triton selective scan; the Triton lowering cannot take a
@@ -306,7 +314,16 @@ def parse_select(select) -> int | list[int]:
 
 
 def select_subnet(src: Source, select):
-  """(arch, genome (G,) int32, pareto row dict or None, row index or None, default name)."""
+  """(arch, genome (G,) int32, pareto row dict or None, row index or None, default name).
+
+  `select` may also be a budget over the front's fields ("latency_ms<=2.5", clauses joined by
+  '&'): the lowest-error pareto row that satisfies it (`front_select.choose`)."""
+  from evonas_jax import front_select
+  if front_select.is_constraint(select):
+    if src.pareto is None:
+      raise ValueError(f"--select={select!r} is a budget over a search front, but {src.workdir} "
+                       "is a training workdir (no pareto.json); pass a genome instead")
+    select = front_select.choose(src.pareto, select)
   sel = parse_select(select)
   if isinstance(sel, int):
     if src.pareto is None:
@@ -390,11 +407,62 @@ def _calib_batches(src: Source, n: int, batch_size: int, seed: int) -> list[np.n
   return [np.asarray(next(it)["image"]) for _ in range(n)]
 
 
+FORMATS = ("jax_export", "onnx")
+# ONNX vs JAX on the calibration images: max |onnx - jax| <= ONNX_TOL * max(1, max |jax|). Both
+# run the same float32 graph; measured differences are ~1e-7 relative (operation order only).
+ONNX_TOL = 1e-4
+
+
+def _check_formats(formats) -> tuple[str, ...]:
+  fm = tuple(p.strip() for p in (formats.split(",") if isinstance(formats, str) else formats)
+             if p.strip())
+  bad = [p for p in fm if p not in FORMATS]
+  if bad or not fm:
+    raise ValueError(f"--formats={formats!r}: unknown {bad or 'empty list'}; allowed (comma "
+                     f"separated): {FORMATS}")
+  return fm
+
+
+def _export_onnx(tmp: str, ref_module, sliced, image_shape, images: np.ndarray, log) -> dict:
+  """model.onnx in `tmp` (weights as initializers, symbolic batch), checked against JAX on
+  `images` with onnxruntime; raises if they differ by more than ONNX_TOL."""
+  from evonas_jax import export_onnx
+  export_onnx.require()
+  fn = jax.jit(lambda x: ref_module.apply(sliced, x))
+  ref = fn(jnp.asarray(images[:1]))
+  names = export_onnx.output_names(ref)
+  log(f"[evonas_jax] ONNX: converting (outputs {names}) ...")
+  desc = export_onnx.convert(lambda x: ref_module.apply(sliced, x), image_shape,
+                             os.path.join(tmp, "model.onnx"), names)
+  want = export_onnx.flatten_outputs(fn(jnp.asarray(images)))
+  got = export_onnx.run(os.path.join(tmp, "model.onnx"), images)
+  diffs = {}
+  for name, w in zip(names, want):
+    g = got[name]
+    if g.shape != w.shape:
+      raise RuntimeError(f"ONNX output {name!r} has shape {g.shape}, JAX {w.shape}")
+    diffs[name] = {"max_abs_diff": float(np.max(np.abs(g - w))),
+                   "max_abs_jax": float(np.max(np.abs(w)))}
+    bound = ONNX_TOL * max(1.0, diffs[name]["max_abs_jax"])
+    if not diffs[name]["max_abs_diff"] <= bound:
+      raise RuntimeError(f"ONNX output {name!r} differs from JAX by "
+                         f"{diffs[name]['max_abs_diff']:.3g} > {bound:.3g} on {len(images)} "
+                         "calibration images: the converter mis-translated an op")
+  desc["check"] = {"images": int(len(images)), "source": "BN calibration images (train split)",
+                   "runtime": "onnxruntime CPU", "outputs": diffs, "tolerance": ONNX_TOL}
+  log(f"[evonas_jax] ONNX: {desc['nodes']} nodes, {desc['bytes'] / 2**20:.1f} MiB, "
+      f"{desc['seconds']:.0f} s; onnxruntime vs JAX max |diff| "
+      + ", ".join(f"{k} {v['max_abs_diff']:.2g}" for k, v in diffs.items()))
+  return desc
+
+
 def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: int = 0,
                   platforms=PLATFORMS, bn_recalib_batches: int | None = None,
-                  overwrite: bool = False, log=print) -> ExportResult:
+                  overwrite: bool = False, formats=("jax_export",), log=print) -> ExportResult:
   """Writes the export folder (see the module docstring) and returns what it wrote.
 
+  formats: "jax_export" (the `jax.export` artifacts, one per platform) and/or "onnx"
+  (model.onnx, checked against JAX with onnxruntime on the calibration images).
   batch_size: 0 = symbolic batch dimension in the artifacts, else that fixed batch.
   bn_recalib_batches: None = the workdir's config (the search's calib_batches, or the training
   run's bn_calibration_batches); 0 = keep the supernet's shared statistics (not recommended).
@@ -408,6 +476,7 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
   if bad or not plats:
     raise ValueError(f"--platforms={platforms!r}: unknown {bad or 'empty list'}; allowed "
                      f"(comma separated): {PLATFORMS}")
+  fmts = _check_formats(formats)
   if not isinstance(batch_size, int) or batch_size < 0:
     raise ValueError(f"--batch_size={batch_size!r} must be an int >= 0 (0 = symbolic batch)")
   if bn_recalib_batches is not None and bn_recalib_batches < 0:
@@ -455,7 +524,7 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
     np.savez(os.path.join(tmp, "params.npz"), **flat)
     flat_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
     artifacts = {}
-    for p in plats:
+    for p in (plats if "jax_export" in fmts else ()):
       exp, backend, batch = lower(task, arch, flat_spec, image_shape, p, batch_size, log)
       blob = exp.serialize()
       fname = f"model_{p}.jax_export"
@@ -463,6 +532,10 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
         f.write(blob)
       artifacts[p] = {"file": fname, "platforms": list(exp.platforms), "scan_backend": backend,
                       "batch": batch, "bytes": len(blob)}
+    if "onnx" in fmts:
+      check = (np.concatenate(batches)[:32] if batches else
+               np.asarray(_calib_batches(src, 1, 8, src.calib["seed"])[0]))
+      artifacts["onnx"] = _export_onnx(tmp, ref_module, sliced, image_shape, check, log)
     ds = src.data_cfg
     prov = provenance()   # the same record as results.json / pareto.json
     meta = {
@@ -535,6 +608,12 @@ def print_summary(res: ExportResult, log=print) -> None:
   npz = os.path.getsize(os.path.join(res.out, "params.npz"))
   log(f"  files   params.npz {npz / 1e3:.1f} KB, params/ (orbax), arch.json")
   for p, a in m["artifacts"].items():
+    if p == "onnx":
+      worst = max(v["max_abs_diff"] for v in a["check"]["outputs"].values())
+      log(f"          {a['file']} {a['bytes'] / 1e3:.1f} KB (opset {a['opset']}, {a['nodes']} "
+          f"nodes, batch B; onnxruntime vs JAX max |diff| {worst:.2g} on "
+          f"{a['check']['images']} images)")
+      continue
     log(f"          {a['file']} {a['bytes'] / 1e3:.1f} KB (platforms {a['platforms']}, "
         f"scan {a['scan_backend']}, batch {a['batch']})")
   bn = m["bn_recalibration"]

@@ -424,6 +424,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     plot_metrics(writer.read(), os.path.join(workdir, "metrics.png"), short)
     print_summary(results, workdir)
   writer.close()
+  if jax.process_count() > 1:
+    # Process 0 alone writes results.json and draws the plots; without this barrier the other
+    # processes reach jax.distributed.shutdown first and, on a loaded machine, its barrier
+    # (shutdown_timeout_seconds) expired while process 0 was still plotting (the run aborted).
+    multihost_utils.sync_global_devices("evonas_jax results written")
   return results
 
 

@@ -50,3 +50,16 @@ def test_second_process_compiles_nothing(tmp_path):
   second = _run(tmp_path / "xla")
   assert second["compiles"] == 0, second
   assert second["cache_hits"] >= first["compiles"], (first, second)
+
+
+def test_prune_removes_oldest_entries_first(tmp_path):
+  from evonas_jax import compile_cache
+  for i in range(5):   # entries 0..4, 100 bytes each, entry 0 the oldest
+    p = tmp_path / f"k{i}-cache"
+    p.write_bytes(b"x" * 100)
+    os.utime(p, (1000 + i, 1000 + i))
+  (tmp_path / "other.txt").write_bytes(b"y" * 1000)   # not an entry: never counted or removed
+  assert compile_cache.prune(str(tmp_path), max_bytes=250) == 3
+  assert sorted(os.listdir(tmp_path)) == ["k3-cache", "k4-cache", "other.txt"]
+  assert compile_cache.prune(str(tmp_path), max_bytes=250) == 0
+  assert compile_cache.prune(str(tmp_path / "missing")) == 0

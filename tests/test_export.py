@@ -220,6 +220,31 @@ def test_training_workdir_genome_and_overwrite(workdirs, exported, reference, tm
   assert all(np.array_equal(npz[k], npz_search[k]) for k in npz.files if k.startswith("params/"))
 
 
+def test_budget_select_and_onnx_equal_masked_supernet(workdirs, reference, tmp_path):
+  """--select by a latency budget picks the most accurate row within it (row 1: rows have
+  latency 1.0 and 2.0 ms, accuracy 0.5 and 0.6), and --formats onnx writes model.onnx whose
+  onnxruntime logits equal the masked supernet's (after the same recalibration) on real
+  validation images. 1e-4 relative to max(1, |logits|): ONNX's float32 op order differs from
+  XLA's (measured ~1e-6)."""
+  pytest.importorskip("jax2onnx")
+  from evonas_jax import export_onnx
+  _, search_dir, _ = workdirs[:3]
+  with pytest.raises(ValueError, match=r"smallest latency_ms on the front is 1\b"):
+    export_lib.export_subnet(search_dir, "latency_ms<0.5")
+  out = str(tmp_path / "onnx")
+  r = export_lib.export_subnet(search_dir, "latency_ms<=2.5", out, formats="onnx")
+  assert r.meta["pareto_row"] == 1
+  assert sorted(os.listdir(out)) == ["arch.json", "model.onnx", "params", "params.npz"]
+  onnx_meta = json.load(open(os.path.join(out, "arch.json")))["artifacts"]["onnx"]
+  assert onnx_meta["check"]["outputs"]["logits"]["max_abs_diff"] <= 1e-4
+  got = export_onnx.run(os.path.join(out, "model.onnx"), reference["images"])["logits"]
+  want = reference["logits"]
+  assert got.shape == want.shape
+  assert _maxdiff(got, want) <= 1e-4 * max(1.0, float(np.max(np.abs(want))))
+  with pytest.raises(ValueError, match=r"--formats='tflite': unknown \['tflite'\]"):
+    export_lib.export_subnet(search_dir, 1, str(tmp_path / "x"), formats="tflite")
+
+
 @pytest.mark.parametrize("select,match", [
     ("7", r"pareto.json .* has 2 rows; allowed row indices 0\.\.1"),
     ("-1", r"allowed row indices 0\.\.1"),
