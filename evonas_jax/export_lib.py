@@ -489,8 +489,13 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
     raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite, or choose "
                           "another --out)")
 
-  variables, info = load_supernet_variables(src)
   dense = (src.train_cfg or {}).get("task", "classification") != "classification"
+  if dense and "onnx" in fmts:
+    raise ValueError(
+        f"--formats=onnx: ONNX export of {src.train_cfg['task']} subnets is not supported yet "
+        "(jax2onnx 0.17.1 converts the dense decoders into a graph onnxruntime rejects: a "
+        "Concat shape mismatch); use --formats jax_export, or export a classification subnet")
+  variables, info = load_supernet_variables(src)
   task_cfg = dict(src.train_cfg or {})
   if dense:
     task_cfg["max_depth"] = float(info.max_depth)

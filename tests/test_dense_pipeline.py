@@ -113,6 +113,9 @@ def test_dense_search_and_export_round_trip(trained):
     assert r["error"] == r["abs_rel"] and r["macs"] > res["decoder"]["macs"] > 0
   assert os.path.exists(root / "search" / "pareto.png")
 
+  with pytest.raises(ValueError, match="ONNX export of depth subnets is not supported yet"):
+    export_lib.export_subnet(str(root / "search"), 0, str(root / "onnx"), formats="onnx")
+  assert not os.path.exists(root / "onnx")
   ex = export_lib.export_subnet(str(root / "search"), 0, platforms=("cpu",), log=print)
   meta = ex.meta
   assert meta["task"] == "depth" and meta["max_depth"] == trained["rt"].info.max_depth

@@ -241,6 +241,18 @@ def test_budget_select_and_onnx_equal_masked_supernet(workdirs, reference, tmp_p
   want = reference["logits"]
   assert got.shape == want.shape
   assert _maxdiff(got, want) <= 1e-4 * max(1.0, float(np.max(np.abs(want))))
+  # The standalone example needs numpy + onnxruntime only.
+  np.save(tmp_path / "x.npy", reference["images"])
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  p = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "run_onnx.py"), out,
+                      "--images", str(tmp_path / "x.npy")], capture_output=True, text=True,
+                     env=env, timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]
+  line = [l for l in p.stdout.splitlines() if l.startswith("logits_json:")][0]
+  assert _maxdiff(np.array(json.loads(line.split(":", 1)[1])), got) <= 1e-6
+  lines = open(os.path.join(ROOT, "examples", "run_onnx.py")).read().splitlines()
+  imports = [l for l in lines if l.strip().startswith(("import ", "from "))]
+  assert imports and not any("jax" in l or "evonas" in l for l in imports), imports
   with pytest.raises(ValueError, match=r"--formats='tflite': unknown \['tflite'\]"):
     export_lib.export_subnet(search_dir, 1, str(tmp_path / "x"), formats="tflite")
 

@@ -1,11 +1,13 @@
-"""ONNX export (evonas_jax.export_onnx): onnxruntime runs the converted subnets and gives the
-outputs JAX gives, for a hybrid subnet with all three mixers (the SS2D selective scan becomes an
-ONNX Loop, the VSSD mixer and attention plain ops) and for the depth and segmentation heads.
+"""ONNX export (evonas_jax.export_onnx): onnxruntime runs a converted hybrid subnet with all
+three mixers (the SS2D selective scan becomes an ONNX Loop, the VSSD mixer and attention plain
+ops) and gives the outputs of the MASKED supernet (full-width weights and masks, no slicing), so
+a slicing or a conversion error both show. Tolerance 1e-4 relative to max(1, |output|);
+measured ~1e-6 (float32 operation order only). The classification export path (CLI, budget
+selection, real digits) is tested in test_export.py.
 
-References: the hybrid subnet is compared with the MASKED supernet (full-width weights and
-masks, no slicing), so a slicing or conversion error both show; the dense subnets with their
-JAX standalone network (test_heads proves that equal to masked mode). Tolerance 1e-4 relative
-to max(1, |output|), the issue's bound; measured ~1e-6 (float32 operation order only).
+Depth and segmentation subnets are refused by the exporter for now: jax2onnx 0.17.1 converts
+their decoders into graphs onnxruntime rejects (a Concat output shape mismatch, after
+shape-merge warnings on the decoder's reshapes), measured on the smallest tiny-preset subnet.
 """
 import os
 
@@ -18,7 +20,6 @@ pytest.importorskip("onnxruntime")
 
 from evonas_jax import export_onnx  # noqa: E402
 from evonas_jax.nn import init_supernet  # noqa: E402
-from evonas_jax.nn.dense import dense_subnet_model, extract_dense_subnet, init_dense_model  # noqa: E402,E501
 from evonas_jax.nn.supernet import extract_subnet, subnet_model  # noqa: E402
 from evonas_jax.space import arch_masks, get_space  # noqa: E402
 
@@ -58,23 +59,3 @@ def test_hybrid_subnet_with_ss2d_equals_masked_supernet(tmp_path):
   _close(export_onnx.run(sess, images)["logits"], want)
   # Symbolic batch: another batch size, row for row the same.
   _close(export_onnx.run(sess, images[:1])["logits"], want[:1])
-
-
-@pytest.mark.parametrize("head", ["depth", "segmentation"])
-def test_dense_subnet_equals_jax(head, tmp_path):
-  space = get_space("evonas", "tiny")
-  image = (32, 64, 3)   # non-square: an H/W swap in the converted resize ops shows
-  cfg = {"depth": {}, "segmentation": {"fpn_channels": 16, "aux_channels": 8, "dropout": 0.0}}
-  model, v = init_dense_model(space, head, cfg[head], 5, 10.0, jax.random.key(1), image)
-  arch = space.smallest()
-  net = dense_subnet_model(space, arch, head, cfg[head], 5, 10.0, scan_backend="reference")
-  sv = jax.device_get(extract_dense_subnet(v, space, arch))
-  images = np.random.default_rng(1).normal(size=(2, *image)).astype(np.float32)
-  want = jax.jit(net.apply)(sv, images)
-  names = export_onnx.output_names(want)
-  assert names == (["depth"] if head == "depth" else ["aux_logits", "logits"])
-  path = str(tmp_path / f"{head}.onnx")
-  export_onnx.convert(lambda x: net.apply(sv, x), image, path, names)
-  got = export_onnx.run(path, images)
-  for name, w in zip(names, export_onnx.flatten_outputs(want)):
-    _close(got[name], w)
