@@ -11,7 +11,7 @@ model_cuda.jax_export) that runs with numpy + jax alone: see examples/run_export
   --batch_size B        fixed batch in the artifacts (default 0: symbolic batch "b")
   --platforms cpu,cuda  artifacts to lower (CUDA lowers fine on a CPU-only machine)
   --formats jax_export,onnx   what to write: jax.export artifacts and/or model.onnx (checked
-                        against JAX in onnxruntime; needs `pip install --no-deps jax2onnx onnx-ir`)
+                        against JAX in onnxruntime; needs `pip install --no-deps jax2onnx==0.17.1`)
   --bn_recalib_batches N  BatchNorm recalibration batches (default: the workdir's config)
   --overwrite           replace an existing DIR
 """

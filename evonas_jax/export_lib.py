@@ -413,14 +413,16 @@ FORMATS = ("jax_export", "onnx")
 ONNX_TOL = 1e-4
 
 
-def _check_formats(formats) -> tuple[str, ...]:
-  fm = tuple(p.strip() for p in (formats.split(",") if isinstance(formats, str) else formats)
-             if p.strip())
-  bad = [p for p in fm if p not in FORMATS]
-  if bad or not fm:
-    raise ValueError(f"--formats={formats!r}: unknown {bad or 'empty list'}; allowed (comma "
-                     f"separated): {FORMATS}")
-  return fm
+def _comma_list(value, allowed: tuple[str, ...], flag: str) -> tuple[str, ...]:
+  """"a,b" or a sequence -> ("a", "b"); every item must be in `allowed` (the error names the
+  flag, the unknown items and the allowed ones)."""
+  items = tuple(p.strip() for p in (value.split(",") if isinstance(value, str) else value)
+                if p.strip())
+  bad = [p for p in items if p not in allowed]
+  if bad or not items:
+    raise ValueError(f"--{flag}={value!r}: unknown {bad or 'empty list'}; allowed (comma "
+                     f"separated): {allowed}")
+  return items
 
 
 def _export_onnx(tmp: str, ref_module, sliced, image_shape, images: np.ndarray, log) -> dict:
@@ -428,13 +430,13 @@ def _export_onnx(tmp: str, ref_module, sliced, image_shape, images: np.ndarray, 
   `images` with onnxruntime; raises if they differ by more than ONNX_TOL."""
   from evonas_jax import export_onnx
   export_onnx.require()
-  fn = jax.jit(lambda x: ref_module.apply(sliced, x))
-  ref = fn(jnp.asarray(images[:1]))
-  names = export_onnx.output_names(ref)
+  def fn(x):
+    return ref_module.apply(sliced, x)
+  # Output structure from shapes alone (no compile); the reference outputs are computed once.
+  names = export_onnx.output_names(jax.eval_shape(fn, jnp.asarray(images[:1])))
   log(f"[evonas_jax] ONNX: converting (outputs {names}) ...")
-  desc = export_onnx.convert(lambda x: ref_module.apply(sliced, x), image_shape,
-                             os.path.join(tmp, "model.onnx"), names)
-  want = export_onnx.flatten_outputs(fn(jnp.asarray(images)))
+  desc = export_onnx.convert(fn, image_shape, os.path.join(tmp, "model.onnx"), names)
+  want = export_onnx.flatten_outputs(jax.jit(fn)(jnp.asarray(images)))
   got = export_onnx.run(os.path.join(tmp, "model.onnx"), images)
   diffs = {}
   for name, w in zip(names, want):
@@ -470,13 +472,8 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
   temporary name and moved into place at the end, so a failed export leaves nothing half-written.
   """
   t0 = time.time()
-  plats = tuple(p.strip() for p in (platforms.split(",") if isinstance(platforms, str)
-                                    else platforms) if p.strip())
-  bad = [p for p in plats if p not in PLATFORMS]
-  if bad or not plats:
-    raise ValueError(f"--platforms={platforms!r}: unknown {bad or 'empty list'}; allowed "
-                     f"(comma separated): {PLATFORMS}")
-  fmts = _check_formats(formats)
+  plats = _comma_list(platforms, PLATFORMS, "platforms")
+  fmts = _comma_list(formats, FORMATS, "formats")
   if not isinstance(batch_size, int) or batch_size < 0:
     raise ValueError(f"--batch_size={batch_size!r} must be an int >= 0 (0 = symbolic batch)")
   if bn_recalib_batches is not None and bn_recalib_batches < 0:

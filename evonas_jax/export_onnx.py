@@ -11,8 +11,8 @@ and writes every primitive as standard ONNX ops; the selective scan must be the 
 plain matmuls and elementwise ops. Nothing here needs a GPU.
 
 jax2onnx pins orbax-checkpoint below the version this project uses, so it is installed without
-its dependencies (`pip install --no-deps jax2onnx onnx-ir`; onnx and onnxruntime normally):
-`make setup` does this; `require()` names the missing package otherwise.
+its dependencies (`pip install --no-deps jax2onnx==0.17.1`; onnx, onnx-ir and onnxruntime
+normally, the `onnx` extra): `make setup` does both; `require()` says how otherwise.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def require():
   except ImportError as e:
     raise ImportError(
         f"ONNX export needs jax2onnx and onnxruntime ({e}); install them with "
-        "`pip install onnx onnxruntime && pip install --no-deps jax2onnx onnx-ir` "
+        "`pip install -e \".[onnx]\" && pip install --no-deps jax2onnx==0.17.1` "
         "(jax2onnx's own pins would downgrade orbax-checkpoint)") from None
   return jax2onnx, onnxruntime
 
