@@ -84,6 +84,14 @@ def validate_train_config(c) -> None:
   _need(c.sampling.rule in SAMPLING_RULES, "sampling.rule", f"one of {SAMPLING_RULES}",
         c.sampling.rule)
   _pos_int(c, "pst.k_max")
+  fixed = tuple(c.get("fixed_subnet", ()))
+  if fixed:
+    from evonas_jax.space import get_space
+    try:
+      get_space(c.space, c.preset).validate(list(fixed))
+    except ValueError as e:
+      raise ValueError(f"config.fixed_subnet = {list(fixed)} is not a genome of "
+                       f"{c.space}/{c.preset}: {e}") from None
   names = [s[0] for s in OFFICIAL_STAGES]
   bad = [s for s in c.pst.stages if s not in names]
   _need(not bad, "pst.stages", f"a subset (in order) of {names}", list(c.pst.stages))
@@ -127,7 +135,14 @@ def default_config():
   # TensorBoard scalars beside metrics.jsonl (<workdir>/tensorboard/{supernet,teacher}); a write
   # error is a warning, never a failed run.
   c.tensorboard = True
-  c.init_from = ""              # a supernet workdir/checkpoint to start the student from
+  # A supernet workdir or checkpoint to start from: the student from its final/ (or the
+  # checkpoint itself); with a workdir, the CA-DDKD projectors from its last train checkpoint
+  # too, when they fit (the official retrain continues from the final PST checkpoint).
+  c.init_from = ""
+  # () trains the supernet (PST sampling). A genome (gene indices) trains that one subnet at its
+  # own widths, every step, no PST and no in-place KD: the "OFA retrain" `evonas_jax.finetune`
+  # runs. Evaluation and results then report this subnet ("subnet"), before and after.
+  c.fixed_subnet = ()
   c.log_every = 50
   c.eval_every = 300
   c.checkpoint_every = 100

@@ -238,6 +238,7 @@ def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, 
     batch_stats["student"] = _match(src.get("batch_stats", {}), batch_stats["student"],
                                     "batch_stats", config.init_from)
     print(f"[evonas_jax] student initialised from {config.init_from}", flush=True)
+    _init_projectors(config.init_from, params, batch_stats)
   if verbose:
     n_params = sum(x.size for x in jax.tree.leaves(params["student"]))
     n_proj = sum(x.size for k, v in params.items() if k != "student"
@@ -251,12 +252,15 @@ def make_supernet_trainer(config, space, info, schedule, teacher, teacher_vars, 
   student = rt.student(space, config.drop_path_rate, bn_axis_name=parallel.DATA_AXIS)
   d = config.distill
   has_teacher = teacher is not None or store is not None
+  fixed = bool(tuple(config.get("fixed_subnet", ())))
   setup = DistillSetup(teacher=teacher, from_store=store is not None, projector=projector,
                        student_stage=d.student_stage,
                        kd_ratio=d.kd_ratio if has_teacher else 0.0,
                        alpha_spatial=d.alpha_spatial, alpha_frequency=d.alpha_frequency,
                        temperature=d.temperature, reduction=d.reduction,
-                       inplace_kd=config.sampling.rule == "sandwich" and config.sampling.inplace_kd,
+                       # One fixed subnet per step: there is no larger subnet to distil from.
+                       inplace_kd=(not fixed and config.sampling.rule == "sandwich"
+                                   and config.sampling.inplace_kd),
                        inplace_kd_ratio=config.sampling.inplace_kd_ratio,
                        compute_dtype=_dtype(config.compute_dtype), task=rt.task)
   if engine_of(config) == "compiled":
@@ -300,12 +304,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   teacher, teacher_vars = train_teacher(config, workdir, mesh, info, writer, rt)
   t_teacher = time.time() - t_teacher
 
-  # ---- supernet stage
-  schedule = PSTSchedule(config.num_steps, enabled=config.pst.enabled, k_max=config.pst.k_max,
-                         k_final=config.pst.k_final, stages=list(config.pst.stages) or None,
-                         warmup_steps_if_disabled=config.optimizer.warmup_steps)
-  print(f"[evonas_jax] PST: {schedule.describe()}; sampling rule {config.sampling.rule}",
-        flush=True)
+  # ---- supernet stage (or, with config.fixed_subnet, that one subnet)
+  fixed = tuple(config.get("fixed_subnet", ()))
+  if fixed:
+    fixed_genome = space.validate(list(fixed))
+    schedule = PSTSchedule(config.num_steps, enabled=False, k_max=1, k_final=1,
+                           warmup_steps_if_disabled=config.optimizer.warmup_steps)
+    genomes_fn = lambda s: fixed_genome[None]
+    print(f"[evonas_jax] fixed subnet (no PST): {space.decode(fixed_genome).short()}", flush=True)
+  else:
+    schedule = PSTSchedule(config.num_steps, enabled=config.pst.enabled, k_max=config.pst.k_max,
+                           k_final=config.pst.k_final, stages=list(config.pst.stages) or None,
+                           warmup_steps_if_disabled=config.optimizer.warmup_steps)
+    genomes_fn = lambda s: sample_step_genomes(space, schedule, s, config.seed,
+                                               config.sampling.rule)
+    print(f"[evonas_jax] PST: {schedule.describe()}; sampling rule {config.sampling.rule}",
+          flush=True)
   rng = jax.random.key(config.seed)
   store = open_teacher_store(config)
   step_fn, state, sched = make_supernet_trainer(config, space, info, schedule, teacher,
@@ -340,7 +354,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         rt.eval_iterator(config.data, split, config.eval_batch_size), space,
                         arch, rt.task, bn_step=bn_step, calib_batches=calib)
       return r if full else r[metric]
-  largest, smallest = space.largest(), space.smallest()
+  # The subnets every evaluation reports: the supernet's extremes, or the fixed subnet.
+  reported = ((("subnet", space.decode(fixed_genome)),) if fixed else
+              (("largest", space.largest()), ("smallest", space.smallest())))
 
   def student_vars(st):
     return {"params": parallel.to_host(st["params"]["student"]),
@@ -348,12 +364,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def eval_fn(st, step):
     v = student_vars(st)
-    return {f"val_{short}_{n}": ev(v, split="validation", arch=a)
-            for n, a in (("largest", largest), ("smallest", smallest))}
+    return {f"val_{short}_{n}": ev(v, split="validation", arch=a) for n, a in reported}
 
   def describe(step):
     st = schedule.stage_at(step)
+    if fixed:
+      return "fixed subnet"
     return f"PST stage {st.index} '{st.name}' (k={st.k}, steps {st.start}-{st.end - 1})"
+
+  before_key = f"before_val_{short}_subnet"
+  if fixed and start == 0 and is_main:
+    # The starting point (the supernet's weights, exact BatchNorm statistics), so the run's
+    # gain is in its own metrics; a resumed run finds this row in metrics.jsonl.
+    writer.write(0, **{before_key: ev(student_vars(state), "validation", reported[0][1])})
 
   spec = LoopSpec("supernet", config.num_steps, config.batch_size, config.log_every,
                   config.eval_every, config.checkpoint_every,
@@ -363,8 +386,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = run_loop(
       spec, step_fn=step_fn, state=state, extra=teacher_extra, start_step=start,
       train_iter=train_iter, mesh=mesh, data_mode=mode,
-      genomes_fn=lambda s: sample_step_genomes(space, schedule, s, config.seed,
-                                               config.sampling.rule),
+      genomes_fn=genomes_fn,
       rng=rng, lr_fn=lambda s: float(sched(s)), ckpt=ckpt,
       meta_fn=lambda s: {"step": s, "pst_stage": schedule.stage_at(max(s - 1, 0)).index,
                          "seed": config.seed, "data_iterator": train_iter.get_state()},
@@ -381,7 +403,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     rows = [r for r in writer.read() if f"teacher_final_val_{short}" in r]
     if rows:
       results[f"teacher_val_{short}"] = rows[-1][f"teacher_final_val_{short}"]
-  for name, arch in (("largest", largest), ("smallest", smallest)):
+  for name, arch in reported:
     cost = _subnet_cost(rt, space, arch, variables)
     val = ev(variables, "validation", arch, full=True)
     r = {"arch": arch.to_dict(), "genome": space.encode(arch).tolist(),
@@ -391,6 +413,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if rt.has_split("test"):
       r[f"test_{short}"] = ev(variables, "test", arch)
     results["subnets"][name] = r
+  if fixed:
+    before = [r[before_key] for r in writer.read() if before_key in r]
+    if before:
+      results["subnets"]["subnet"][f"before_val_{short}"] = before[-1]
   rows = [r for r in writer.read() if "images_per_s" in r and "loss" in r]
   if rows:
     results["images_per_s_median"] = float(np.median([r["images_per_s"] for r in rows]))
@@ -451,6 +477,43 @@ def add_store_outputs(store, batch: dict) -> dict:
   out["t_logits"] = (store.lookup_logits(batch["index"]) if store.has_logits else
                      np.zeros((len(batch["index"]), 1), np.float32))
   return out
+
+
+def _init_projectors(init_from: str, params: dict, batch_stats: dict) -> None:
+  """Copies the CA-DDKD projectors (params and BatchNorm statistics) of `init_from`'s newest
+  train checkpoint into `params` / `batch_stats` in place, where one exists and its projector
+  shapes fit; otherwise the projectors keep their fresh initialisation (printed)."""
+  names = [k for k in params if k != "student"]
+  if not names:
+    return
+  ckdir = os.path.join(os.path.abspath(init_from), "checkpoints")
+  steps = sorted(int(d) for d in (os.listdir(ckdir) if os.path.isdir(ckdir) else ())
+                 if d.isdigit())
+  if not steps:
+    print(f"[evonas_jax] projectors {names}: freshly initialised ({init_from} has no train "
+          "checkpoint)", flush=True)
+    return
+  import orbax.checkpoint as ocp
+  path = os.path.join(ckdir, str(steps[-1]), "state")
+  try:
+    state = ocp.StandardCheckpointer().restore(path)
+  except Exception as e:   # noqa: BLE001 - an unreadable checkpoint only costs the projectors
+    print(f"[evonas_jax] projectors {names}: freshly initialised (could not read {path}: "
+          f"{type(e).__name__})", flush=True)
+    return
+  for tree, src in ((params, state.get("params", {})), (batch_stats, state.get("batch_stats", {}))):
+    for n in names:
+      if n not in src or n not in tree:
+        continue
+      t_leaves, t_def = jax.tree.flatten(tree[n])
+      s_leaves = jax.tree.leaves(src[n])
+      if (jax.tree.structure(src[n]) != t_def
+          or [x.shape for x in s_leaves] != [x.shape for x in t_leaves]):
+        print(f"[evonas_jax] projector {n}: freshly initialised (the checkpoint's does not fit "
+              "this distillation setup)", flush=True)
+        continue
+      tree[n] = jax.tree.unflatten(t_def, [jnp.asarray(x) for x in s_leaves])
+  print(f"[evonas_jax] projectors {names} initialised from {path}", flush=True)
 
 
 def _match(src, target, what, path):
