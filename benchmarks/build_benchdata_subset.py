@@ -8,6 +8,8 @@ Reads (checked against the sha256 prefixes recorded in the originals' README):
   naslib_zc_early/zc_nasbench101.json,
   zc_nasbench301.json, zc_transbench101_micro.json,
   zc_transbench101_macro.json            -> naslib_zc_early_subset.npz
+  hw_nas_bench/hw_cifar10.csv,
+  hw_nas_bench/hw_ImageNet16-120.csv     -> hw_nas_bench_latency.npz (latency columns only)
 and keeps only what evonas_jax and benchmarks/ read (evonas_jax.proxies.benchdata documents the
 arrays). Every kept value is stored losslessly: float64, or float32 where the column's float64
 values are all exactly float32 (checked here; the proxies NASLib computed in float32). The
@@ -31,7 +33,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from evonas_jax.proxies.benchdata import (  # noqa: E402
-    ACC_COLUMNS, NASLIB_EARLY, NASLIB_FILE, NB201_FILE, SUITE_ZERO)
+    ACC_COLUMNS, HW_DEVICES, HW_FILE, HW_SHIPPED_DATASETS, NASLIB_EARLY, NASLIB_FILE, NB201_FILE,
+    SUITE_ZERO)
 
 # sha256 prefixes (16 hex digits) of the originals, as listed in shared/benchdata/README.md.
 SOURCE_SHA16 = {
@@ -40,6 +43,8 @@ SOURCE_SHA16 = {
     "naslib_zc_early/zc_nasbench301.json": "537e9abd6f0b14fd",
     "naslib_zc_early/zc_transbench101_micro.json": "f9f2c5d6d9b9a739",
     "naslib_zc_early/zc_transbench101_macro.json": "f1d393373855bd7b",
+    "hw_nas_bench/hw_cifar10.csv": "71e56e00ce03525a",
+    "hw_nas_bench/hw_ImageNet16-120.csv": "c0d10fa8da52bcf8",
 }
 
 
@@ -110,6 +115,27 @@ def naslib_arrays(src: str) -> dict[str, np.ndarray]:
   return out
 
 
+def hw_arrays(src: str) -> dict[str, np.ndarray]:
+  """HW-NAS-Bench latencies: key '<dataset>.<column>' -> (15625,) in NB201 index order (the
+  rows' NASLib tuples are checked against nb201_merged.csv). Only the six latency columns are
+  kept (not the energies or Eyeriss' arithmetic intensity); -1 (no measurement) is kept as is."""
+  with open(os.path.join(src, "nb201", "nb201_merged.csv"), newline="") as f:
+    order = [r["naslib_op_indices"] for r in csv.DictReader(f)]
+  out = {}
+  for ds in HW_SHIPPED_DATASETS:
+    with open(os.path.join(src, "hw_nas_bench", f"hw_{ds}.csv"), newline="") as f:
+      rows = list(csv.DictReader(f))
+    if [r["net"] for r in rows] != order:
+      raise ValueError(f"hw_{ds}.csv: rows are not in NB201 index order")
+    for col in HW_DEVICES.values():
+      a = np.array([float(r[col]) for r in rows], np.float64)
+      for r, v in zip(rows, a):
+        if repr(float(v)) != r[col]:
+          raise ValueError(f"hw_{ds}.csv column {col}: {r[col]!r} is not a float64 repr")
+      out[f"{ds}.{col}"] = lossless(a)
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--src", default=os.path.join(os.path.dirname(ROOT), "shared", "benchdata"))
@@ -120,7 +146,8 @@ def main():
     if got != want:
       raise SystemExit(f"{rel}: sha256 starts {got}, the README records {want}")
   os.makedirs(a.out, exist_ok=True)
-  for name, arrays in ((NB201_FILE, nb201_arrays(a.src)), (NASLIB_FILE, naslib_arrays(a.src))):
+  for name, arrays in ((NB201_FILE, nb201_arrays(a.src)), (NASLIB_FILE, naslib_arrays(a.src)),
+                       (HW_FILE, hw_arrays(a.src))):
     path = os.path.join(a.out, name)
     write_npz(path, arrays)
     print(f"{path}: {os.path.getsize(path)} bytes, sha256 {sha256(path)}")

@@ -27,6 +27,15 @@ def get_config():
   # weight of that channel, i.e. times the layer's fan-in); "channel" = plain sum over channels.
   c.fisher = ml_collections.ConfigDict({"weighting": "param"})
   c.benchdata_dir = ""              # "" -> $EVONAS_BENCHDATA, else the shipped subset
+  # Training-free NSGA-II search after the scoring (evonas_jax.proxies.tf_search), objectives
+  # (-proxy, cost): off by default (the benchmark's job is the correlations).
+  c.search = ml_collections.ConfigDict({"enabled": False, "proxy": "nwot", "population": 16,
+                                        "generations": 5, "seed": 0})
+  # The search's cost objective: "" = the cell's #params; else the HW-NAS-Bench latency (ms) of
+  # that device, one of edgegpu, raspi4, edgetpu, pixel3, eyeriss, fpga (shipped tables for
+  # latency_dataset "cifar10" / "ImageNet16-120").
+  c.latency_device = ""
+  c.latency_dataset = "cifar10"
   c.net = ml_collections.ConfigDict({"channels": 8, "cells": 1})
   c.data = ml_collections.ConfigDict({"source": "foolbox", "num_images": 20, "path": ""})
   c.lswag = ml_collections.ConfigDict({

@@ -169,7 +169,9 @@ def candidate_stats(model, space: SearchSpace, task, target_key: str, variables,
   v = _recalibrated(model, variables, masks, calib)
 
   def stats_of(im, tg, mk):
-    return task.eval_stats(model.apply(v, im, masks), {"image": im, target_key: tg, "mask": mk})
+    # task.eval_output: the plain forward, or the depth task's flip TTA (two passes).
+    out = task.eval_output(lambda x: model.apply(v, x, masks), im)
+    return task.eval_stats(out, {"image": im, target_key: tg, "mask": mk})
 
   zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
                       jax.eval_shape(stats_of, images[0], targets[0], mask[0]))

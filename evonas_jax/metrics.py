@@ -18,8 +18,14 @@ counted (`num_skipped`).
 
 Evaluation crops (boolean masks, `crop_mask`):
   "eigen"  NYU-Depth v2: rows 45:471, cols 41:601 of a 480x640 map (Eigen et al. 2014).
-  "garg"   KITTI: rows [0.40810811 H, 0.99189189 H), cols [0.03594771 W, 0.96405229 W)
-           (Garg et al. 2016), any H x W (352 x 1216 after the KB crop).
+  "garg"   KITTI: rows [int(0.40810811 H), int(0.99189189 H)), cols [int(0.03594771 W),
+           int(0.96405229 W)) (Garg et al. 2016) of the FULL-RESOLUTION frame H x W (e.g.
+           375 x 1242: rows 153:371, cols 44:1197). The fractions are of the original camera
+           frame, not of a KB-cropped (352 x 1216) or resized map: the reference evaluation
+           pastes the prediction back into the full frame first. `crop_mask(shape, "garg")`
+           therefore treats `shape` as the full frame; the dense eval pipeline
+           (`DenseTransform.eval_example`) applies the crop on the full frame before the KB
+           crop and carries it through resizing.
 
 Segmentation: a streaming confusion matrix (rows = ground truth, cols = prediction) that
 drops ignore-label pixels. IoU_c = TP / (TP + FP + FN); a class absent from both ground truth
@@ -46,6 +52,13 @@ EIGEN_NYU_COLS = (41, 601)
 GARG_FRACTIONS = (0.40810811, 0.99189189, 0.03594771, 0.96405229)
 
 
+def garg_crop_bounds(h: int, w: int) -> tuple[int, int, int, int]:
+  """(top, bottom, left, right), half-open, of the Garg crop of a full-resolution h x w KITTI
+  frame; int() truncation as in the reference KITTI evaluation. 375 x 1242 -> (153, 371, 44, 1197)."""
+  t, b, l, r = GARG_FRACTIONS
+  return int(t * h), int(b * h), int(l * w), int(r * w)
+
+
 def crop_mask(shape: tuple[int, int], crop: str | None) -> np.ndarray:
   """Boolean (H, W) mask of the evaluation crop (all True for crop=None).
 
@@ -61,9 +74,9 @@ def crop_mask(shape: tuple[int, int], crop: str | None) -> np.ndarray:
       raise ValueError(f"crop='eigen' is defined on NYU-Depth v2 maps of shape {EIGEN_NYU_SHAPE}; got {(h, w)}")
     mask[EIGEN_NYU_ROWS[0]:EIGEN_NYU_ROWS[1], EIGEN_NYU_COLS[0]:EIGEN_NYU_COLS[1]] = True
   elif crop == "garg":
-    t, b, l, r = GARG_FRACTIONS
-    # int() truncation as in the reference KITTI evaluation.
-    mask[int(t * h):int(b * h), int(l * w):int(r * w)] = True
+    # `shape` is taken as the full-resolution frame (see the module doc).
+    top, bottom, left, right = garg_crop_bounds(h, w)
+    mask[top:bottom, left:right] = True
   else:
     raise ValueError(f"crop must be one of {DEPTH_CROPS} or None; got {crop!r}")
   return mask
@@ -262,5 +275,6 @@ class SegmentationMetrics:
 
 __all__ = [
     "DEPTH_CROPS", "DEPTH_METRICS", "DepthMetrics", "SegmentationMetrics", "confusion_matrix", "crop_mask",
+    "garg_crop_bounds",
     "depth_errors_from_pixels", "depth_metrics", "segmentation_scores", "valid_depth_mask",
 ]

@@ -155,8 +155,16 @@ def make_runtime(config) -> TaskRuntime:
                    class_names=tuple(getattr(d, "class_names", ()) or ()))
   head_cfg = dict(config.get("head_cfg", {}) or {})
   if name == "depth":
+    flip_tta = config.get("depth_flip_tta", False)
+    if not isinstance(flip_tta, bool):
+      raise ValueError(f"config.depth_flip_tta={flip_tta!r} must be True or False (flip "
+                       "test-time augmentation of the depth evaluation)")
+    # The Garg crop is taken by the eval pipeline on the full-resolution frame (before the KB
+    # crop, `DenseTransform.eval_example`): cropping the KB-cropped map by the same fractions
+    # again would select other pixels, so the task gets no map-level crop for it.
     task = tasks_lib.get_task("depth", min_depth=info.min_depth, max_depth=info.max_depth,
-                              eval_crop=info.eval_crop)
+                              eval_crop=None if info.eval_crop == "garg" else info.eval_crop,
+                              flip_tta=flip_tta)
   else:
     task = tasks_lib.get_task("segmentation", num_classes=info.num_classes,
                               ignore_label=info.ignore_label,
@@ -177,5 +185,9 @@ def runtime_from_train_config(tcfg: dict):
   data_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in tcfg["data"].items()})
   rt = make_runtime(ml_collections.ConfigDict({"task": task, "data": data_cfg,
                                                "head_cfg": tcfg.get("head_cfg", {}) or {},
-                                               "aux_weight": tcfg.get("aux_weight", 0.4)}))
+                                               "aux_weight": tcfg.get("aux_weight", 0.4),
+                                               # The run's evaluation protocol (export and
+                                               # fine-tuning evaluate as training did).
+                                               "depth_flip_tta": bool(tcfg.get("depth_flip_tta",
+                                                                               False))}))
   return rt, data_cfg

@@ -7,6 +7,9 @@ evaluator (`dmmpe`) are written once:
   task_loss(out, batch)          -> (loss, metrics)   supervised term of research §3.3
   kd_loss(out, t_out, T)         -> scalar             output-level KD (KL / SI-log / pixel KL)
   kd_target(out)                 -> array              what a student passes on for in-place KD
+  eval_output(apply, images)     -> out                the evaluation prediction: apply(images),
+                                                       or for depth with flip_tta the official
+                                                       flip test-time augmentation
   eval_stats(out, batch)         -> {name: sum}        jit/vmap-able per-batch sums (padded rows
                                                        masked by batch["mask"])
   finalize(stats)                -> {metric: value, "error": e}   e lower-is-better, the search's
@@ -43,6 +46,46 @@ def get_task(name: str, **kwargs):
   return TASKS[name](**kwargs)
 
 
+def flip_tta_blend(pred, pred_flipped):
+  """Blends a depth prediction with the prediction on the horizontally flipped image.
+
+  The EvoNAS depth search scores candidates with "flip-TTA post-processing" / "flip-TTA with an
+  edge-blend mask" (research notes on the official code, its search objectives and its depth
+  evaluation; the notes name the step, not its formula). The official depth code uses a
+  BTS/NeWCRFs-style evaluation, whose post-processing is the PackNet-SfM edge blend on *depth*
+  with a plain mean as the fusion; that is the formula written here (own implementation):
+
+    hat   = pred_flipped flipped back (column j <- column W - 1 - j)
+    x_j   = j / (W - 1)                          (linspace(0, 1, W); x = 0 for W = 1)
+    m_j   = 1 - clip(20 (x_j - 0.05), 0, 1)      (1 on the left 5 % of columns, 0 beyond 10 %)
+    m'_j  = m_{W-1-j}                            (the same ramp at the right border)
+    out   = m' * pred + m * hat + (1 - m - m') * (pred + hat) / 2
+
+  Why: a mirrored scene is as plausible as the original, so the mean of the two passes averages
+  out part of the prediction error. The border ramp comes from stereo-trained monodepth, whose
+  predictions have disocclusion artefacts along the left image border; those columns lie at the
+  right border of the mirrored image, where the network has no such artefact, so the left 5 %
+  take the flipped-back pass, the right 5 % (symmetrically) the plain pass, ramping to the mean
+  over the next 5 %. The supervised depth codes (BTS, NeWCRFs, EvoNAS) kept the blend unchanged;
+  it is replicated here so that the fitness is the official one.
+
+  Args:
+    pred: f32 (B, H, W) depth predicted on the images.
+    pred_flipped: f32 (B, H, W) depth predicted on the horizontally flipped images, as the
+      network returned it (not yet flipped back).
+
+  Returns:
+    f32 (B, H, W) blended depth.
+  """
+  pred = pred.astype(jnp.float32)
+  hat = jnp.flip(pred_flipped.astype(jnp.float32), axis=-1)
+  w = pred.shape[-1]
+  x = jnp.linspace(0.0, 1.0, w, dtype=jnp.float32)
+  m = 1.0 - jnp.clip(20.0 * (x - 0.05), 0.0, 1.0)      # (W,), broadcast over (B, H)
+  m_hat = jnp.flip(m, axis=0)
+  return m_hat * pred + m * hat + (1.0 - m - m_hat) * 0.5 * (pred + hat)
+
+
 def cross_entropy(logits, labels, valid=None):
   """Mean softmax CE over valid positions; logits (..., K) float, labels (...) int, valid (...)
   bool or None (all)."""
@@ -77,6 +120,10 @@ class Classification:
   def kd_target(self, out):
     return out.astype(jnp.float32)
 
+  def eval_output(self, apply, images):
+    """The evaluation prediction: apply(images) (no test-time augmentation)."""
+    return apply(images)
+
   def eval_stats(self, out, batch):
     m = batch["mask"].astype(jnp.float32)
     return {"correct": jnp.sum((jnp.argmax(out, -1) == batch["label"]) * m), "count": jnp.sum(m)}
@@ -91,11 +138,21 @@ class Classification:
 class Depth:
   """Monocular depth: SI-log task loss on valid ground truth, SI-log KD against the teacher's
   depth (valid where teacher > 1e-3, research §3.3), per-image depth metrics (the standard
-  evaluation averages metrics over images). error = AbsRel."""
+  evaluation averages metrics over images). error = AbsRel.
+
+  flip_tta: evaluate with the official flip test-time augmentation (`eval_output`,
+  `flip_tta_blend`): two forward passes per batch. Off by default here (training evaluation
+  keeps its cost); the depth search turns it on (`config.evaluator.depth_flip_tta`).
+  eval_crop: crop fractions applied to the evaluated map itself (None | "eigen" | "garg"). The
+  Garg crop is defined on the full-resolution KITTI frame: the dense eval pipeline applies it
+  there (`data.eval_crop="garg"`, before the KB crop) and the runtime then leaves this None;
+  "garg" here is right only for maps that *are* full frames.
+  """
   min_depth: float = 1e-3
   max_depth: float = 10.0
   variance_focus: float = 0.85
-  eval_crop: str | None = None      # metric crop: None | "eigen" (NYU) | "garg" (KITTI)
+  eval_crop: str | None = None      # metric crop: None | "eigen" (NYU) | "garg" (full frames)
+  flip_tta: bool = False
 
   def target_shape(self, image_shape) -> tuple:
     return tuple(image_shape[:2])
@@ -114,6 +171,17 @@ class Depth:
 
   def kd_target(self, out):
     return out["depth"].astype(jnp.float32)
+
+  def eval_output(self, apply, images):
+    """The evaluation prediction of `apply` (images (B, H, W, C) -> {"depth": (B, H, W), ...}).
+
+    With flip_tta: {"depth": flip_tta_blend(apply(images), apply(flip(images)))}, the flip
+    along W (axis 2 of NHWC). jit/vmap-able when `apply` is."""
+    out = apply(images)
+    if not self.flip_tta:
+      return out
+    flipped = apply(jnp.flip(images, axis=2))
+    return {**out, "depth": flip_tta_blend(out["depth"], flipped["depth"])}
 
   def eval_stats(self, out, batch):
     """Per-image AbsRel, SqRel, RMSE, RMSE-log, log10, δ1..3 over valid pixels (inside the
@@ -187,6 +255,10 @@ class Segmentation:
 
   def kd_target(self, out):
     return out["logits"].astype(jnp.float32)
+
+  def eval_output(self, apply, images):
+    """The evaluation prediction: apply(images) (no test-time augmentation)."""
+    return apply(images)
 
   def eval_stats(self, out, batch):
     k = self.num_classes

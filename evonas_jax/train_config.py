@@ -48,6 +48,8 @@ def validate_train_config(c) -> None:
   _need(c.get("task", "classification") in TASK_NAMES, "task", f"one of {TASK_NAMES}",
         c.get("task"))
   _need(c.space in SPACES, "space", f"one of {SPACES}", c.space)
+  _need(isinstance(c.get("depth_flip_tta", False), bool), "depth_flip_tta", "True or False",
+        c.get("depth_flip_tta"))
   _need(c.preset in PRESETS, "preset", f"one of {PRESETS}", c.preset)
   for f in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every",
             "checkpoint_every", "keep_checkpoints", "teacher.num_steps", "teacher.eval_every"):
@@ -117,6 +119,10 @@ def default_config():
   c.task = "classification"
   c.head_cfg = ml_collections.ConfigDict()   # dense heads: DenseEvoNet head_cfg (widths, ...)
   c.aux_weight = 0.4                         # segmentation: weight of the auxiliary FCN loss
+  # Depth: evaluate with flip test-time augmentation (the prediction and its mirror's, blended
+  # with the official edge ramp: `tasks.flip_tta_blend`). Off here (training-time evaluation
+  # picks checkpoints; the search's own evaluator.depth_flip_tta defaults to on, as official).
+  c.depth_flip_tta = False
   c.data = data.get_config_defaults()
   c.batch_size = 128            # global batch (divided over the data mesh)
   c.eval_batch_size = 500

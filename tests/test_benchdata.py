@@ -63,7 +63,7 @@ def test_default_is_the_shipped_subset(no_env):
 def test_shipped_files_have_the_recorded_sha256():
   text = (B.DATA_DIR / "PROVENANCE.md").read_text()
   recorded = dict(re.findall(r"\| `([\w.]+\.npz)` \| [\d ]+ \| `([0-9a-f]{64})` \|", text))
-  assert set(recorded) == {B.NB201_FILE, B.NASLIB_FILE}
+  assert set(recorded) == {B.NB201_FILE, B.NASLIB_FILE, B.HW_FILE}
   for name, want in recorded.items():
     assert hashlib.sha256((B.DATA_DIR / name).read_bytes()).hexdigest() == want, name
 
@@ -75,7 +75,23 @@ def test_package_data_ships_the_files():
   globs = cfg["tool"]["setuptools"]["package-data"]["evonas_jax.proxies"]
   pkg = ROOT / "evonas_jax" / "proxies"
   matched = {p.name for g in globs for p in pkg.glob(g)}
-  assert {B.NB201_FILE, B.NASLIB_FILE, "PROVENANCE.md"} <= matched
+  assert {B.NB201_FILE, B.NASLIB_FILE, B.HW_FILE, "PROVENANCE.md"} <= matched
+
+
+def test_hw_latency_shipped_tables(no_env):
+  """The shipped HW-NAS-Bench latencies: every device and shipped dataset, 15,625 cells, NaN
+  only where HW-NAS-Bench has none (Edge TPU); bad names are refused listing the choices."""
+  for ds in B.HW_SHIPPED_DATASETS:
+    for dev in B.HW_DEVICES:
+      a = B.load_hw_latency(dev, ds)
+      assert a.shape == (15625,) and a.dtype == np.float64
+      assert np.isnan(a).sum() == (4699 if dev == "edgetpu" else 0), (ds, dev)
+      assert np.nanmin(a) > 0
+  with pytest.raises(ValueError, match=r"not a HW-NAS-Bench device; allowed: \('edgegpu', "
+                     r"'raspi4', 'edgetpu', 'pixel3', 'eyeriss', 'fpga'\)"):
+    B.load_hw_latency("jetson")
+  with pytest.raises(ValueError, match="not shipped"):
+    B.load_hw_latency("fpga", "cifar100")
 
 
 def test_explicit_locations_that_hold_no_data_are_errors(tmp_path, monkeypatch):
@@ -156,5 +172,27 @@ def test_build_script_reproduces_the_shipped_bytes(tmp_path):
   subprocess.run([sys.executable, str(ROOT / "benchmarks" / "build_benchdata_subset.py"),
                   "--src", str(ORIGINALS), "--out", str(tmp_path)], check=True,
                  capture_output=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  for name in (B.NB201_FILE, B.NASLIB_FILE):
+  for name in (B.NB201_FILE, B.NASLIB_FILE, B.HW_FILE):
     assert (tmp_path / name).read_bytes() == (B.DATA_DIR / name).read_bytes(), name
+
+
+@needs_originals
+def test_hw_latency_subset_equals_the_original_csv(no_env):
+  """HW-NAS-Bench latencies: shipped values equal the original CSV's text at a few archs (and
+  in full), row i of the CSV being NB201 index i; the original-file reader agrees."""
+  t = B.load_nb201_table()
+  for ds in B.HW_SHIPPED_DATASETS:
+    with open(ORIGINALS / "hw_nas_bench" / f"hw_{ds}.csv", newline="") as f:
+      rows = list(csv.DictReader(f))
+    assert [r["net"] for r in rows] == t["naslib_op_indices"]
+    for dev, col in B.HW_DEVICES.items():
+      got = B.load_hw_latency(dev, ds)
+      for i in (0, 1, 777, 9000, 15624):
+        orig = float(rows[i][col])
+        assert (np.isnan(got[i]) if orig == -1 else repr(float(got[i])) == rows[i][col]), \
+            (ds, dev, i, got[i], rows[i][col])
+      want = np.array([float(r[col]) for r in rows])
+      np.testing.assert_array_equal(got, np.where(want < 0, np.nan, want))
+      np.testing.assert_array_equal(B.load_hw_latency(dev, ds, str(ORIGINALS)), got)
+  # CIFAR-100 is read from the originals only.
+  assert np.isfinite(B.load_hw_latency("fpga", "cifar100", str(ORIGINALS))).all()

@@ -104,8 +104,10 @@ def test_eigen_crop_selects_rows_45_471_cols_41_601():
     metrics.crop_mask((352, 1216), "eigen")
 
 
-def test_garg_crop_on_kb_crop_size():
-  # 0.40810811 * 352 = 143.65 -> 143; 0.99189189 * 352 = 349.15 -> 349;
+def test_garg_crop_fractions_of_the_given_frame():
+  # crop_mask treats its shape as the full frame (the eval pipeline takes the KITTI crop on the
+  # 375 x 1242 frame before the KB crop: tests/test_depth_eval.py); fractions of a 352 x 1216
+  # map, for the arithmetic: 0.40810811 * 352 = 143.65 -> 143; 0.99189189 * 352 = 349.15 -> 349;
   # 0.03594771 * 1216 = 43.71 -> 43; 0.96405229 * 1216 = 1172.29 -> 1172.
   m = metrics.crop_mask((352, 1216), "garg")
   rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))

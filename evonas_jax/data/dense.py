@@ -128,7 +128,8 @@ def dense_config_defaults(name: str = "arc2017_local") -> ml_collections.ConfigD
     random_flip        horizontal flips in training
     brightness, contrast  colour-jitter amplitudes in [0, 1) (0 = off; image only)
     mean, std          normalisation, 3 floats in [0, 1] pixel units (ImageNet)
-    eval_crop          metric crop "none" | "eigen" (NYU) | "garg" (KITTI)
+    eval_crop          metric crop "none" | "eigen" (NYU) | "garg" (KITTI; taken on the
+                       full-resolution frame before the KB crop, see `dense_pipeline`)
     train_split, val_split, test_split  TFDS split names ("" = none)
     val_size           > 0: validation = the last val_size train examples, train = the rest
                        (for datasets without a validation split); 0 = use val_split
@@ -293,7 +294,7 @@ def validate(data_cfg: ConfigLike) -> DenseSpec:
       ignore_label=int(c["ignore_label"]), depth_scale=float(c["depth_scale"]), resize_to=resize_to,
       resize_short_side=int(c["resize_short_side"]), kb_crop=c["kb_crop"], crop_size=crop,
       random_flip=c["random_flip"], brightness=float(c["brightness"]), contrast=float(c["contrast"]),
-      mean=ms["mean"], std=ms["std"])
+      mean=ms["mean"], std=ms["std"], eval_crop=c["eval_crop"])
   return DenseSpec(
       name=name, tfds_name=c["tfds_name"],
       tfds_data_dir=os.fspath(c["tfds_data_dir"]) if c["tfds_data_dir"] else config_lib.default_tfds_data_dir(),
@@ -575,7 +576,7 @@ def _cache_for(spec: DenseSpec, split: str) -> dense_pipeline.PreparedCache | No
   # Only the fields `prepare` depends on (not the random augmentation settings).
   key = (os.path.abspath(spec.tfds_data_dir), spec.tfds_name, stamp, _split_name(spec, split), t.task, t.image_key,
          t.depth_key, t.label_key, t.label_channel, t.reduce_zero_label, t.ignore_label, t.depth_scale,
-         t.resize_to, t.resize_short_side, t.kb_crop, t.crop_size)
+         t.resize_to, t.resize_short_side, t.kb_crop, t.crop_size, t.eval_crop)
   if key not in _CACHES:
     _CACHES[key] = dense_pipeline.PreparedCache(spec.cache_max_mb * 2 ** 20)
   return _CACHES[key]

@@ -13,6 +13,15 @@ Per example, in order (train; eval skips the random steps and centre-crops inste
   pad        bottom/right up to crop_size if smaller: image 0, depth 0, label ignore_label
   crop       random crop_size window (train) / centre window (eval)
   flip       horizontal, image, depth and label together (train, random_flip)
+  eval crop  eval_crop="garg" (KITTI): ground truth outside the Garg crop of the ORIGINAL
+             full-resolution frame is set to 0 (invalid) in eval examples. The crop region is
+             computed on the decoded frame (e.g. 375 x 1242) and goes through the same KB crop,
+             nearest resize, pad and centre crop as the depth map, so a ground-truth pixel
+             counts iff the full-frame pixel it came from lies inside the crop. Without a
+             resize this is exactly the reference evaluation, which pastes the 352 x 1216
+             prediction back into the full frame and crops there: for the KITTI frame sizes the
+             Garg crop lies inside the KB crop, so no pixel is lost. With a resize the metric is
+             on the resized ground truth, not on the full-resolution one.
   jitter     brightness x in [1 - b, 1 + b], then contrast around the image mean by
              c in [1 - k, 1 + k], clipped to [0, 255] (train, image only)
   normalise  (x / 255 - mean) / std
@@ -87,6 +96,7 @@ class DenseTransform:
   contrast: float = 0.0
   mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
   std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+  eval_crop: str = "none"      # "garg": applied to eval ground truth on the full frame (above)
 
   @property
   def has_depth(self) -> bool:
@@ -127,10 +137,12 @@ class DenseTransform:
         raise ValueError(f"{name} map shape {a.shape} does not match image shape {img.shape[:2]}")
     return img, depth, label
 
-  def geometry(self, img, depth, label):
-    """KB crop, resize and pad (deterministic part); same shapes in, same shapes out."""
+  def geometry(self, img, depth, label, region=None):
+    """KB crop, resize and pad (deterministic part): [image, depth, label, region], each
+    (H, W[, C]) or None; `region` (bool (H, W), the eval crop on the decoded frame) is
+    transformed like a label map (nearest, padded with False)."""
     h, w = img.shape[:2]
-    maps = [img, depth, label]
+    maps = [img, depth, label, region]
     if self.kb_crop:
       kh, kw = KB_CROP
       if h < kh or w < kw:
@@ -149,7 +161,7 @@ class DenseTransform:
     ch, cw = self.crop_size
     if h < ch or w < cw:
       ph, pw = max(0, ch - h), max(0, cw - w)
-      fills = (0.0, 0.0, self.ignore_label)
+      fills = (0.0, 0.0, self.ignore_label, False)
       maps = [None if m is None else np.pad(m, ((0, ph), (0, pw)) + ((0, 0),) * (m.ndim - 2), constant_values=f)
               for m, f in zip(maps, fills)]
     return maps
@@ -165,17 +177,31 @@ class DenseTransform:
     return out
 
   def prepare(self, record: dict) -> tuple:
-    """The deterministic part, decode + geometry: (image, depth | None, label | None); cacheable."""
-    return tuple(self.geometry(*self.decode(record)))
+    """The deterministic part, decode + geometry: (image, depth | None, label | None,
+    region | None); cacheable. region: bool (H, W), the Garg crop of the decoded full frame
+    after geometry (eval_crop="garg" with depth), else None."""
+    img, depth, label = self.decode(record)
+    region = None
+    if self.eval_crop == "garg" and depth is not None:
+      from evonas_jax.metrics import crop_mask
+      region = crop_mask(img.shape[:2], "garg")   # the decoded frame is the full frame
+    return tuple(self.geometry(img, depth, label, region))
 
   def eval_example(self, record: dict, maps: tuple | None = None) -> dict[str, np.ndarray]:
-    """Unaugmented: geometry + centre crop + normalise (`maps` = `prepare(record)` if cached)."""
-    img, depth, label = maps if maps is not None else self.prepare(record)
+    """Unaugmented: geometry + centre crop + eval crop + normalise (`maps` = `prepare(record)`
+    if cached)."""
+    maps = maps if maps is not None else self.prepare(record)
+    img, depth, label = maps[:3]
+    region = maps[3] if len(maps) > 3 else None
     ch, cw = self.crop_size
     h, w = img.shape[:2]
     top, left = (h - ch) // 2, (w - cw) // 2
     sl = (slice(top, top + ch), slice(left, left + cw))
-    return self._finish(img[sl], None if depth is None else depth[sl], None if label is None else label[sl])
+    if depth is not None:
+      depth = depth[sl]
+      if region is not None:
+        depth = np.where(region[sl], depth, np.float32(0.0))   # 0 = invalid ground truth
+    return self._finish(img[sl], depth, None if label is None else label[sl])
 
   def train_example(self, record: dict | None, rnd: dict[str, float | int | bool],
                     maps: tuple | None = None) -> dict[str, np.ndarray]:
@@ -183,7 +209,8 @@ class DenseTransform:
 
     `maps` = `prepare(record)` when the caller has it cached (then `record` may be None).
     """
-    img, depth, label = maps if maps is not None else self.prepare(record)
+    # Training never applies the eval crop: the loss sees every valid ground-truth pixel.
+    img, depth, label = (maps if maps is not None else self.prepare(record))[:3]
     ch, cw = self.crop_size
     h, w = img.shape[:2]
     top = min(int(rnd["crop_y"] * (h - ch + 1)), h - ch)
@@ -316,7 +343,10 @@ class _DenseEvalBatch:
 
 def _fingerprint(transform: DenseTransform) -> dict:
   """JSON-friendly record of the settings (a restored iterator state must match them)."""
-  return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(transform).items()}
+  # eval_crop changes eval ground truth only, never a training batch: left out so that
+  # training iterator states saved before the field existed still restore.
+  return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(transform).items()
+          if k != "eval_crop"}
 
 
 def dense_train_iterator(

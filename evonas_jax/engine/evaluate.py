@@ -71,5 +71,7 @@ class EngineEvaluator:
     total = None
     for batch in batches:
       b = {k: v for k, v in batch.items() if k != "index"}
-      total = sum_stats(total, self._stats(self.predict(variables, b["image"], arch), b))
+      # The plain prediction, or the depth task's flip TTA (`tasks.Depth.eval_output`).
+      out = self.task.eval_output(lambda x: self.predict(variables, x, arch), b["image"])
+      total = sum_stats(total, self._stats(out, b))
     return self.task.finalize(jax.device_get(total))

@@ -10,6 +10,9 @@ in masked mode (vmap over archs, one compile per proxy), averaged over `num_seed
                               (cifar10 / cifar100 / ImageNet16-120) and vs Suite-Zero's values
                               of the same archs (same proxy name; our macs vs their flops)
 Per-proxy scores are cached in W/scores/<proxy>.npy, so rerunning the command resumes.
+With `search.enabled`, a training-free NSGA-II search over all 15,625 cells follows
+(`tf_search.training_free_search`, objectives -`search.proxy` and the cost: #params, or with
+`latency_device` the HW-NAS-Bench latency on that device), written to W/search/pareto.{json,csv}.
 L-SWAG's band: `lswag.band = "auto"` runs the spike rule (lswag.select_band) on the layer terms of
 `lswag.calib_archs` *other* random archs (no labels used), and records it in the JSON; the
 calibration is cached in W/scores/lswag_calibration.json too, so a resumed run skips it.
@@ -103,7 +106,33 @@ def correlations(scores: dict, table, rows) -> dict:
   return {"ours": out, "suite_zero_same_archs": ref}
 
 
+def check_search_config(cfg) -> None:
+  """Fails early on a bad latency device / dataset, listing the allowed values."""
+  from evonas_jax.proxies import benchdata
+  dev = cfg.get("latency_device", "")
+  if dev:
+    benchdata.check_hw_device(dev)
+    ds = cfg.get("latency_dataset", "cifar10")
+    allowed = (benchdata.HW_ORIGINAL_DATASETS if cfg.get("benchdata_dir")
+               else benchdata.HW_SHIPPED_DATASETS)
+    if ds not in allowed:
+      raise ValueError(f"config.latency_dataset={ds!r}; allowed: {allowed}")
+
+
+def run_search(cfg, model, params, batch, workdir: str) -> dict:
+  """The training-free search of `cfg.search` on the NB201 space (see the module doc)."""
+  from evonas_jax.proxies.tf_search import training_free_search
+  s = cfg.search
+  return training_free_search(
+      nbspace.NB201Space(), model, params, batch, proxy=s.proxy, population=s.population,
+      generations=s.generations, seed=s.seed, workdir=os.path.join(workdir, "search"),
+      latency_device=cfg.get("latency_device", ""),
+      latency_dataset=cfg.get("latency_dataset", "cifar10"),
+      benchdata_dir=cfg.get("benchdata_dir") or None)
+
+
 def run(cfg, workdir: str) -> dict:
+  check_search_config(cfg)
   workdir = open_workdir(workdir, cfg, allow_existing_finished=True)
   os.makedirs(os.path.join(workdir, "scores"), exist_ok=True)
   table = load_nb201_table(cfg.get("benchdata_dir") or None)
@@ -181,6 +210,10 @@ def run(cfg, workdir: str) -> dict:
     print(f"{name}: {timing['total_s']:.1f}s", flush=True)
     write_outputs()
   corr = write_outputs()
+  if cfg.get("search") and cfg.search.enabled:
+    res = run_search(cfg, model, jax.tree.map(lambda a: a[0], seeds), batch, workdir)
+    print(f"training-free search: {len(res['genomes'])} cells on the front of "
+          f"(-{res['proxy']}, {res['size_name']}) in {workdir}/search", flush=True)
   return corr
 
 

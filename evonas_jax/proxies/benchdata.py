@@ -7,7 +7,8 @@ Where the data comes from, in order:
   `naslib_zc_early/*.json`; the layout of the project's research `benchdata` folder) or a folder
   holding the two shipped files below; else
   3. the subset shipped inside the package, `evonas_jax/proxies/data/` (`DATA_DIR`):
-     `nb201_subset.npz` and `naslib_zc_early_subset.npz`, built from the originals by
+     `nb201_subset.npz`, `naslib_zc_early_subset.npz` and `hw_nas_bench_latency.npz` (the
+     HW-NAS-Bench per-device latencies, `load_hw_latency`), built from the originals by
      `benchmarks/build_benchdata_subset.py`; provenance and licences in `data/PROVENANCE.md`.
 Both sources give the same arrays (tests/test_benchdata.py checks it value by value when the
 originals are present).
@@ -15,6 +16,7 @@ originals are present).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from pathlib import Path
@@ -30,9 +32,20 @@ NASLIB_EARLY = {"nb101": "zc_nasbench101.json", "nb301": "zc_nasbench301.json",
                 "tnb101_micro": "zc_transbench101_micro.json",
                 "tnb101_macro": "zc_transbench101_macro.json"}
 
+# HW-NAS-Bench (NB201 space) latency columns: device name -> column of `hw_<dataset>.csv`.
+# Milliseconds, batch 1, as measured or simulated by HW-NAS-Bench on each device.
+HW_DEVICES = {"edgegpu": "edgegpu_latency", "raspi4": "raspi4_latency",
+              "edgetpu": "edgetpu_latency", "pixel3": "pixel3_latency",
+              "eyeriss": "eyeriss_latency", "fpga": "fpga_latency"}
+# Datasets whose latencies are shipped: the two the shipped Suite-Zero proxies cover.
+# The originals (hw_nas_bench/hw_<dataset>.csv) also have "cifar100".
+HW_SHIPPED_DATASETS = ("cifar10", "ImageNet16-120")
+HW_ORIGINAL_DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 NB201_FILE = "nb201_subset.npz"
 NASLIB_FILE = "naslib_zc_early_subset.npz"
+HW_FILE = "hw_nas_bench_latency.npz"
 _ORIGINAL_NB201 = Path("nb201") / "nb201_merged.csv"
 
 
@@ -143,3 +156,49 @@ def load_naslib_early(path: str | None = None) -> dict[str, dict[str, dict[str, 
            else a.astype(np.float64))
       out[tag][task][field] = a
   return out
+
+
+@functools.lru_cache(maxsize=4)
+def _original_order(d: str) -> list:
+  """NASLib tuple strings of the original nb201_merged.csv, in NB201 index order (cached:
+  parsing the 8.7 MB file takes seconds)."""
+  with open(Path(d) / _ORIGINAL_NB201, newline="") as fh:
+    return [r["naslib_op_indices"] for r in csv.DictReader(fh)]
+
+
+def check_hw_device(device: str) -> str:
+  """The HW-NAS-Bench latency column of `device`; ValueError listing the allowed names."""
+  if device not in HW_DEVICES:
+    raise ValueError(f"latency device {device!r} is not a HW-NAS-Bench device; allowed: "
+                     f"{tuple(HW_DEVICES)} (or '' for the size objective)")
+  return HW_DEVICES[device]
+
+
+def load_hw_latency(device: str, dataset: str = "cifar10", path: str | None = None) -> np.ndarray:
+  """HW-NAS-Bench latency (ms) of all 15,625 NB201 cells on `device`, (15625,) float64 in
+  NB201/NATS-tss index order (the order of `load_nb201_table`).
+
+  device: a key of `HW_DEVICES` (edgegpu, raspi4, edgetpu, pixel3, eyeriss, fpga).
+  dataset: "cifar10" or "ImageNet16-120" (shipped; the original CSVs also have "cifar100").
+  HW-NAS-Bench stores -1 where it has no measurement (4,699 cells on the Edge TPU): those are
+  NaN here. `path`: see `find_benchdata` (originals: `hw_nas_bench/hw_<dataset>.csv`, rows
+  keyed by the NASLib tuple and checked against the NB201 order)."""
+  col = check_hw_device(device)
+  d = find_benchdata(path)
+  if _is_originals(d):
+    if dataset not in HW_ORIGINAL_DATASETS:
+      raise ValueError(f"HW-NAS-Bench dataset {dataset!r}; allowed: {HW_ORIGINAL_DATASETS}")
+    f = d / "hw_nas_bench" / f"hw_{dataset}.csv"
+    with open(f, newline="") as fh:
+      rows = list(csv.DictReader(fh))
+    if [r["net"] for r in rows] != _original_order(str(d)):
+      raise ValueError(f"{f}: rows are not in NB201 index order")
+    a = np.array([float(r[col]) for r in rows], np.float64)
+  else:
+    if dataset not in HW_SHIPPED_DATASETS:
+      raise ValueError(f"HW-NAS-Bench dataset {dataset!r} is not shipped; allowed: "
+                       f"{HW_SHIPPED_DATASETS} (point benchdata_dir / $EVONAS_BENCHDATA at the "
+                       f"originals for {HW_ORIGINAL_DATASETS})")
+    with np.load(d / HW_FILE, allow_pickle=False) as z:
+      a = z[f"{dataset}.{col}"].astype(np.float64)
+  return np.where(a < 0, np.nan, a)
