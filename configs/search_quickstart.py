@@ -42,6 +42,14 @@ def get_config():
   c.num_generations = 6
   c.objectives = "error,latency,macs"   # comma list of: error, latency, macs, params
   c.latency = "lut"                     # "lut" (lookup-table prediction) | "measured"
+  # What times latency, for the lookup table's ops and for measured networks alike: "xla" (the
+  # jitted JAX programs, on the first JAX device) | "onnxruntime" (the ONNX models the export
+  # ships, on this machine's CPU, config.latency_measure.threads intra-op threads).
+  c.latency_backend = "xla"
+  # A table JSON built on the target device ('' = build one here): write a bundle with
+  # `python -m evonas_jax.latency_bundle`, run its build_device_table.py on the device, pass the
+  # JSON here. The LUT objective is then that device's latency.
+  c.latency_table = ""
   c.constraints = ml_collections.ConfigDict()
   c.constraints.max_latency_ms = 0.0    # 0 = no constraint
   c.constraints.max_macs = 0
@@ -69,6 +77,9 @@ def get_config():
   # "pool": one executable over every device (groups of group_size x devices/devices_per_group);
   # "submeshes": one per sub-mesh, each pulling groups from a queue.
   c.evaluator.layout = "pool"
+  # Depth tasks: score AbsRel after the official flip test-time augmentation (prediction on the
+  # image and its mirror, edge-blended; evonas_jax.tasks.flip_tta_blend). Two passes per batch.
+  c.evaluator.depth_flip_tta = True
 
   c.latency_measure = ml_collections.ConfigDict()
   c.latency_measure.batch = 1
@@ -76,6 +87,7 @@ def get_config():
   c.latency_measure.runs = 50
   c.latency_measure.table_warmup = 5    # per-op table entries
   c.latency_measure.table_runs = 20
+  c.latency_measure.threads = 1         # onnxruntime intra-op threads (latency_backend onnxruntime)
   c.latency_validation_archs = 4        # random archs for the table's Spearman rho (0 = skip)
   c.measure_pareto_latency = True       # measure the final Pareto set on this device
   c.measure_pareto_max = 4              # at most this many (0 = all)

@@ -26,6 +26,13 @@ with its own error messages. The export folder holds
                          initializers, input "images" (B, H, W, C) float32, symbolic batch;
                          checked against JAX with onnxruntime on the calibration images (the
                          differences are recorded in arch.json)
+  model.int8.onnx        (formats include "onnx,int8"; classification only) static int8 QDQ
+                         quantisation of model.onnx (`evonas_jax.export_int8`: per-channel
+                         symmetric int8 weights, per-tensor int8 activations calibrated on the
+                         BN calibration images); arch.json `artifacts.int8` records fp32 and
+                         int8 top-1 accuracy on the validation split, the drop, batch-1
+                         onnxruntime latency of both (1 thread), and status "ok" or "rejected"
+                         (drop > int8_max_drop; the file is still written, for inspection)
 
 Batch dimension: symbolic ("b") unless `batch_size` is given. The CUDA artifact of an arch with
 SS2D blocks first tries the Pallas Triton selective scan; the Triton lowering cannot take a
@@ -319,6 +326,13 @@ def select_subnet(src: Source, select):
   `select` may also be a budget over the front's fields ("latency_ms<=2.5", clauses joined by
   '&'): the lowest-error pareto row that satisfies it (`front_select.choose`)."""
   from evonas_jax import front_select
+  if select is None or (isinstance(select, str) and not select.strip()):
+    # A fine-tuned workdir (`evonas_jax.finetune`) trained exactly one subnet: that is the default.
+    fixed = (src.train_cfg or {}).get("fixed_subnet") if src.kind == "train" else None
+    if not fixed:
+      raise ValueError(f"--select is required for {src.workdir}: a pareto.json row index, a "
+                       "genome as a comma list, or a budget such as 'latency_ms<=2.5'")
+    select = list(fixed)
   if front_select.is_constraint(select):
     if src.pareto is None:
       raise ValueError(f"--select={select!r} is a budget over a search front, but {src.workdir} "
@@ -407,7 +421,8 @@ def _calib_batches(src: Source, n: int, batch_size: int, seed: int) -> list[np.n
   return [np.asarray(next(it)["image"]) for _ in range(n)]
 
 
-FORMATS = ("jax_export", "onnx")
+# "int8" is model.int8.onnx, quantised from model.onnx (so it needs "onnx" in the list too).
+FORMATS = ("jax_export", "onnx", "int8")
 # ONNX vs JAX on the calibration images: max |onnx - jax| <= ONNX_TOL * max(1, max |jax|). Both
 # run the same float32 graph; measured differences are ~1e-7 relative (operation order only).
 ONNX_TOL = 1e-4
@@ -460,11 +475,17 @@ def _export_onnx(tmp: str, ref_module, sliced, image_shape, images: np.ndarray, 
 
 def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: int = 0,
                   platforms=PLATFORMS, bn_recalib_batches: int | None = None,
-                  overwrite: bool = False, formats=("jax_export",), log=print) -> ExportResult:
+                  overwrite: bool = False, formats=("jax_export",),
+                  int8_max_drop: float = 0.01, int8_val_images: int = 1000,
+                  log=print) -> ExportResult:
   """Writes the export folder (see the module docstring) and returns what it wrote.
 
   formats: "jax_export" (the `jax.export` artifacts, one per platform) and/or "onnx"
-  (model.onnx, checked against JAX with onnxruntime on the calibration images).
+  (model.onnx, checked against JAX with onnxruntime on the calibration images) and/or "int8"
+  (model.int8.onnx, needs "onnx" too and a classification task; see `evonas_jax.export_int8`).
+  int8_max_drop: the absolute top-1 accuracy the int8 model may lose against model.onnx on the
+  first int8_val_images validation images; above it artifacts.int8.status is "rejected" (the
+  folder is still written and the result returned: the CLI then exits non-zero).
   batch_size: 0 = symbolic batch dimension in the artifacts, else that fixed batch.
   bn_recalib_batches: None = the workdir's config (the search's calib_batches, or the training
   run's bn_calibration_batches); 0 = keep the supernet's shared statistics (not recommended).
@@ -474,6 +495,11 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
   t0 = time.time()
   plats = _comma_list(platforms, PLATFORMS, "platforms")
   fmts = _comma_list(formats, FORMATS, "formats")
+  if "int8" in fmts and "onnx" not in fmts:
+    raise ValueError(f"--formats={','.join(fmts)}: int8 is quantised from model.onnx, so it needs "
+                     "onnx in the list too: pass --formats onnx,int8 (or jax_export,onnx,int8)")
+  if "int8" in fmts and not (isinstance(int8_val_images, int) and int8_val_images >= 1):
+    raise ValueError(f"--int8_val_images={int8_val_images!r} must be an int >= 1")
   if not isinstance(batch_size, int) or batch_size < 0:
     raise ValueError(f"--batch_size={batch_size!r} must be an int >= 0 (0 = symbolic batch)")
   if bn_recalib_batches is not None and bn_recalib_batches < 0:
@@ -487,11 +513,10 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
                           "another --out)")
 
   dense = (src.train_cfg or {}).get("task", "classification") != "classification"
-  if dense and "onnx" in fmts:
+  if dense and "int8" in fmts:
     raise ValueError(
-        f"--formats=onnx: ONNX export of {src.train_cfg['task']} subnets is not supported yet "
-        "(jax2onnx 0.17.1 converts the dense decoders into a graph onnxruntime rejects: a "
-        "Concat shape mismatch); use --formats jax_export, or export a classification subnet")
+        f"--formats={','.join(fmts)}: int8 quantisation is classification-only (its accuracy "
+        f"check is top-1); for a {src.train_cfg['task']} subnet use --formats jax_export,onnx")
   variables, info = load_supernet_variables(src)
   task_cfg = dict(src.train_cfg or {})
   if dense:
@@ -538,6 +563,17 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
       check = (np.concatenate(batches)[:32] if batches else
                np.asarray(_calib_batches(src, 1, 8, src.calib["seed"])[0]))
       artifacts["onnx"] = _export_onnx(tmp, ref_module, sliced, image_shape, check, log)
+    if "int8" in fmts:
+      from evonas_jax import export_int8
+      # Calibrated on the BN calibration images (the images the exported statistics come from;
+      # one batch of them when BN recalibration is off), evaluated on held-out validation images.
+      calib_images = (np.concatenate(batches) if batches else np.asarray(
+          _calib_batches(src, 1, src.calib["batch_size"], src.calib["seed"])[0]))
+      val_images, val_labels = export_int8.validation_set(src.data_cfg, int8_val_images)
+      log(f"[evonas_jax] int8: quantising model.onnx (calibration: {len(calib_images)} images; "
+          f"evaluation: {len(val_images)} validation images) ...")
+      artifacts["int8"] = export_int8.int8_artifact(tmp, calib_images, val_images, val_labels,
+                                                    max_drop=int8_max_drop, log=log)
     ds = src.data_cfg
     prov = provenance()   # the same record as results.json / pareto.json
     meta = {
@@ -615,6 +651,10 @@ def print_summary(res: ExportResult, log=print) -> None:
       log(f"          {a['file']} {a['bytes'] / 1e3:.1f} KB (opset {a['opset']}, {a['nodes']} "
           f"nodes, batch B; onnxruntime vs JAX max |diff| {worst:.2g} on "
           f"{a['check']['images']} images)")
+      continue
+    if p == "int8":
+      from evonas_jax.export_int8 import summary_line
+      log(f"          {summary_line(a)}")
       continue
     log(f"          {a['file']} {a['bytes'] / 1e3:.1f} KB (platforms {a['platforms']}, "
         f"scan {a['scan_backend']}, batch {a['batch']})")

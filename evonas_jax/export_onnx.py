@@ -16,12 +16,13 @@ normally, the `onnx` extra): `make setup` does both; `require()` says how otherw
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from typing import Callable, Sequence
 
 import numpy as np
+
+from evonas_jax import onnx_patches
 
 OPSET = 17   # onnxruntime >= 1.11 runs it; newer opsets add nothing these graphs use
 
@@ -39,38 +40,6 @@ def require():
   return jax2onnx, onnxruntime
 
 
-@contextlib.contextmanager
-def _linear_time_output_check():
-  """jax2onnx (0.17) checks, after lowering each equation, that its outputs are "graph
-  connected" by scanning every node built so far: quadratic in the graph size. A VSSD subnet
-  has ~5,000 equations, and the scan took 650 of 750 s of one conversion (cProfile). This swaps
-  in a check with the same answer: a value whose producing node belongs to the builder's graph
-  is connected (the scan would find that node); anything else goes to the original scan."""
-  try:
-    from jax2onnx.converter import output_binding
-  except ImportError:   # another jax2onnx layout: keep its own check
-    yield
-    return
-  original = getattr(output_binding, "_value_is_graph_connected", None)
-  if original is None:
-    yield
-    return
-
-  def connected(ctx, value):
-    producer = getattr(value, "producer", None)
-    node = producer() if callable(producer) else None
-    graph = getattr(getattr(ctx, "builder", None), "graph", None)
-    if node is not None and graph is not None and getattr(node, "graph", None) is graph:
-      return True
-    return original(ctx, value)
-
-  output_binding._value_is_graph_connected = connected
-  try:
-    yield
-  finally:
-    output_binding._value_is_graph_connected = original
-
-
 def convert(apply_fn: Callable, image_shape: Sequence[int], path: str,
             output_names: Sequence[str], opset: int = OPSET, model_name: str = "evonas_jax") -> dict:
   """Writes `path` (.onnx) for apply_fn over images ("B", *image_shape) float32; returns a
@@ -80,8 +49,11 @@ def convert(apply_fn: Callable, image_shape: Sequence[int], path: str,
   # onnx_ir logs one "value type ... not known" warning per shape constant it writes (thousands
   # for a VSSD subnet); they are harmless (the shapes are constants) and bury the real output.
   logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)
+  # jax2onnx imports its example plugins too and logs a traceback for each one whose optional
+  # dependency (dm_pix, equinox) is absent; none of them is used for these graphs.
+  logging.getLogger("jax2onnx.plugins.plugin_system").setLevel(logging.ERROR)
   t0 = time.time()
-  with _linear_time_output_check():
+  with onnx_patches.linear_time_output_check(), onnx_patches.fast_jax2onnx():
     model = jax2onnx.to_onnx(apply_fn, inputs=[("B", *[int(s) for s in image_shape])],
                              model_name=model_name, opset=opset, input_names=["images"],
                              output_names=list(output_names))

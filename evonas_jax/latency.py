@@ -15,6 +15,16 @@
   subtracted from each of them and added once for the network. Sums of isolated ops miss
   fusion across op boundaries and per-call dispatch overhead, so the table ranks archs rather than
   predicting absolute times; `validate_table` reports the Spearman rho against measurement.
+
+Backends (`backend=` of `LatencyTable.build`, `measure_latency`, `validate_table`; a table's
+meta["backend"]): "xla" times the jitted JAX programs on a JAX device; "onnxruntime" times the
+ONNX models the export ships on this machine's CPU (`evonas_jax.ort_latency.time_onnx`, fixed
+intra-op threads): the table's ops are converted one model per op (`evonas_jax.latency_bundle`,
+block halves as 8 chained applications in one graph, divided by 8, like the XLA loop) and the
+measured network is the whole sliced subnet converted to ONNX. Both backends time the same op
+list (`table_ops`). A table for another device is built there from a bundle by a standalone
+numpy + onnxruntime script (`evonas_jax/tools/build_device_table.py`) and loaded with
+`LatencyTable.load`.
 """
 from __future__ import annotations
 
@@ -23,7 +33,7 @@ import json
 import os
 import platform
 import time
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -91,14 +101,22 @@ def _random_supernet(space: SearchSpace, num_classes: int, image_shape: tuple) -
 
 def measure_latency(space: SearchSpace, arch: Arch, num_classes: int, image_shape, *,
                     batch: int = 1, warmup: int = 30, runs: int = 50, device=None,
-                    variables=None) -> float:
-  """Median latency (ms) of the standalone (sliced) network of `arch` on `device`.
+                    variables=None, backend: str = "xla", threads: int = 1) -> float:
+  """Median latency (ms) of the standalone (sliced) network of `arch`.
 
   image_shape: (H, W, C). variables: supernet variables to slice (default: a random supernet).
+  backend "xla": the jitted network on `device` (default: the first JAX device);
+  "onnxruntime": the network converted to ONNX (jax2onnx, pure-JAX "reference" selective scan,
+  as `evonas_jax.export` writes it) and run on this machine's CPU with `threads` intra-op
+  threads (`evonas_jax.ort_latency.time_onnx`, its p50); `device` is ignored.
   """
   image_shape = tuple(int(s) for s in image_shape)
   if variables is None:
     variables = _random_supernet(space, num_classes, image_shape)
+  if check_backend(backend) == "onnxruntime":
+    return measure_onnx_latency(space, arch, num_classes, image_shape, batch=batch,
+                                warmup=warmup, runs=runs, variables=variables,
+                                threads=threads)["p50_ms"]
   dev = _device(device)
   net = subnet_model(space, arch, num_classes)
   sub = jax.device_put(extract_subnet(variables, space, arch), dev)
@@ -106,18 +124,57 @@ def measure_latency(space: SearchSpace, arch: Arch, num_classes: int, image_shap
   return _time_fn(_jit(net), (sub, x), warmup, runs)
 
 
+def measure_onnx_latency(space: SearchSpace, arch: Arch, num_classes: int, image_shape, *,
+                         batch: int = 1, warmup: int = 30, runs: int = 50, variables=None,
+                         threads: int = 1, check_images=None) -> dict:
+  """`time_onnx`'s dict for the sliced network of `arch` converted to ONNX, plus
+  "convert_seconds" (the jax2onnx conversion) and "nodes" (ONNX graph size).
+
+  image_shape: (H, W, C); the ONNX input is (batch, H, W, C) float32.
+  check_images: optional (N, H, W, C) float32; then "max_abs_diff" and "max_abs_jax" compare
+  the ONNX logits with the JAX network's on them (a conversion check, outside the timing)."""
+  import tempfile
+  from evonas_jax import export_onnx, ort_latency
+  image_shape = tuple(int(s) for s in image_shape)
+  if variables is None:
+    variables = _random_supernet(space, num_classes, image_shape)
+  # As the ONNX export does: the pure-JAX scan (an ONNX Loop), sliced weights as initializers.
+  net = subnet_model(space, arch, num_classes, scan_backend="reference")
+  sub = jax.device_get(extract_subnet(variables, space, arch))
+  with tempfile.TemporaryDirectory(prefix="evonas_latency_") as tmp:
+    path = os.path.join(tmp, "subnet.onnx")
+    # export_onnx.convert (the export's own conversion) runs under onnx_patches.fast_jax2onnx:
+    # ~6x faster, and each conversion in a process gives the graph of the first one.
+    desc = export_onnx.convert(lambda x: net.apply(sub, x), image_shape, path, ["logits"])
+    r = ort_latency.time_onnx(path, (batch, *image_shape), threads=threads, warmup=warmup,
+                              runs=runs)
+    r.update(convert_seconds=desc["seconds"], nodes=desc["nodes"])
+    if check_images is not None:
+      imgs = np.asarray(check_images, np.float32)
+      got = export_onnx.run(ort_latency.session(path, threads), imgs)["logits"]
+      want = np.asarray(_jit(net)(sub, imgs))
+      r.update(max_abs_diff=float(np.max(np.abs(got - want))),
+               max_abs_jax=float(np.max(np.abs(want))))
+  return r
+
+
 # --------------------------------------------------------------------------- lookup table
 class _MixerHalf(nn.Module):
-  """x (B, H, W, C) -> x + cpe1; + mixer(LN(x)): the first residual half of a block."""
+  """x (B, H, W, C) -> x + cpe1; + mixer(LN(x)): the first residual half of a block.
+
+  scan_backend: the SS2D selective scan's backend ("auto" for XLA timing; ONNX conversion
+  needs the pure-JAX "reference" scan). Other mixers ignore it."""
   mixer: str
   heads: int
   d_inner: int
   d_state: int
+  scan_backend: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     x = x + DWConv(x.shape[-1], name="cpe1")(x)
-    return x + MIXERS[self.mixer](self.heads, self.d_inner, self.d_state, name="mixer")(
+    kw = {"scan_backend": self.scan_backend} if self.mixer == "ss2d" else {}
+    return x + MIXERS[self.mixer](self.heads, self.d_inner, self.d_state, name="mixer", **kw)(
         LayerNorm(name="norm1")(x))
 
 
@@ -165,6 +222,69 @@ def _mixer_keys(space: SearchSpace, s: int) -> list[tuple[str, str, int, int]]:
   return out
 
 
+BACKENDS = ("xla", "onnxruntime")   # what times the table's ops and the measured networks
+
+
+def check_backend(backend: str, field: str = "backend") -> str:
+  """backend, or ValueError naming `field` and the allowed values."""
+  if backend not in BACKENDS:
+    raise ValueError(f"{field}={backend!r} is not one of {BACKENDS} (xla: jitted JAX programs "
+                     "on a JAX device; onnxruntime: ONNX models on this machine's CPU)")
+  return backend
+
+
+class TableOp(NamedTuple):
+  """One timed op of the lookup table.
+
+  key: the table key ("stem", "downsample{s}", "head", "stage{s}/mixer/{mixer key}",
+    "stage{s}/mlp/{hidden}"); module: the flax module, applied as module.apply(variables, x);
+  input_shape: (batch, H, W, C) of x; reps: chained applications per timed call (block halves
+  keep their shape and run _LOOP times back to back; the result is divided by reps)."""
+  key: str
+  module: nn.Module
+  input_shape: tuple
+  reps: int
+
+
+def table_ops(space: SearchSpace, num_classes: int, image_shape, *, batch: int = 1,
+              scan_backend: str = "auto") -> list[TableOp]:
+  """Every op a LatencyTable times, in table order: the stem, each downsample, the head, then
+  per stage every mixer half and every MLP half (both backends time exactly this list).
+
+  image_shape: (H, W, C) of one input image. scan_backend: see _MixerHalf."""
+  image_shape = tuple(int(s) for s in image_shape)
+  shapes = _stage_shapes(space, image_shape)
+  ops = [TableOp("stem", Stem(space.dims[0]), (batch, *image_shape), 1)]
+  for s in range(1, space.num_stages):
+    ops.append(TableOp(f"downsample{s}", PatchMerging(space.dims[s]),
+                       (batch, *shapes[s - 1], space.dims[s - 1]), 1))
+  ops.append(TableOp("head", _Head(num_classes), (batch, *shapes[-1], space.dims[-1]), 1))
+  for s, c in enumerate(space.dims):
+    x_shape = (batch, *shapes[s], c)
+    for key, t, d_inner, d_state in _mixer_keys(space, s):
+      ops.append(TableOp(f"stage{s}/mixer/{key}",
+                         _MixerHalf(t, space.heads[s], d_inner, d_state, scan_backend),
+                         x_shape, _LOOP))
+    for r in space.mlp_choices:
+      ops.append(TableOp(f"stage{s}/mlp/{int(c * r)}", _MlpHalf(int(c * r)), x_shape, _LOOP))
+  return ops
+
+
+def space_meta(space: SearchSpace, num_classes: int, image_shape, batch: int) -> dict:
+  """The fields a table is built for (check_compatible compares them)."""
+  return {"space": space.name, "preset": space.preset, "dims": list(space.dims),
+          "max_depths": list(space.max_depths), "num_classes": int(num_classes),
+          "image_shape": [int(s) for s in image_shape], "batch": int(batch)}
+
+
+def current_device(backend: str = "xla", device=None) -> str:
+  """This machine's device line for `backend`, in the form a table's meta["device"] has."""
+  if check_backend(backend) == "onnxruntime":
+    from evonas_jax import ort_latency
+    return ort_latency.device_string()
+  return device_name(device)
+
+
 class LatencyTable:
   """Per-op latency table (ms). predict(arch) = stem + downsamples + head + sum over active
   blocks of (mixer half + MLP half)."""
@@ -173,67 +293,89 @@ class LatencyTable:
     self.entries = entries   # {"stem": ms, "downsample1": ms, ..., "head": ms,
     self.meta = meta         #  "stage0": {"mixer": {key: ms}, "mlp": {hidden: ms}}, ...}
 
+  @property
+  def backend(self) -> str:
+    # Tables written before the backend choice existed were all timed with XLA.
+    return self.meta.get("backend", "xla")
+
   @classmethod
   def build(cls, space: SearchSpace, num_classes: int, image_shape, *, batch: int = 1,
             warmup: int = 10, runs: int = 30, device=None, progress: bool = True,
-            before_timing=None) -> "LatencyTable":
-    """Measures every op once on `device` (each op is jitted and compiled separately).
+            before_timing=None, backend: str = "xla", threads: int = 1) -> "LatencyTable":
+    """Measures every op of `table_ops` once.
 
-    before_timing: optional callable run after all ops are compiled, before any is timed.
+    backend "xla": each op is jitted and compiled separately and timed on `device` (default:
+      the first JAX device). "onnxruntime": each op is converted to ONNX (a latency bundle in a
+      temporary folder, `evonas_jax.latency_bundle.write_bundle`) and timed on this machine's
+      CPU with `threads` intra-op threads by the same code the standalone device script runs
+      (`evonas_jax/tools/build_device_table.py`); `device` is ignored.
+    before_timing: optional callable run after all ops are compiled (converted), before any is
+      timed. meta records "backend", "compile_seconds" (XLA compiles or ONNX conversions) and
+      "timing_seconds".
     """
+    if check_backend(backend) == "onnxruntime":
+      return cls._build_onnxruntime(space, num_classes, image_shape, batch=batch,
+                                    warmup=warmup, runs=runs, progress=progress,
+                                    before_timing=before_timing, threads=threads)
     from tqdm.auto import tqdm
     image_shape = tuple(int(s) for s in image_shape)
     dev = _device(device)
-    shapes = _stage_shapes(space, image_shape)
-    ops = [("stem", Stem(space.dims[0]), (batch, *image_shape))]
-    for s in range(1, space.num_stages):
-      ops.append((f"downsample{s}", PatchMerging(space.dims[s]),
-                  (batch, *shapes[s - 1], space.dims[s - 1])))
-    ops.append(("head", _Head(num_classes), (batch, *shapes[-1], space.dims[-1])))
-    for s, c in enumerate(space.dims):
-      x_shape = (batch, *shapes[s], c)
-      for key, t, d_inner, d_state in _mixer_keys(space, s):
-        ops.append((f"stage{s}/mixer/{key}", _MixerHalf(t, space.heads[s], d_inner, d_state), x_shape))
-      for r in space.mlp_choices:
-        ops.append((f"stage{s}/mlp/{int(c * r)}", _MlpHalf(int(c * r)), x_shape))
+    ops = table_ops(space, num_classes, image_shape, batch=batch)
     entries: dict = {f"stage{s}": {"mixer": {}, "mlp": {}} for s in range(space.num_stages)}
     t0 = time.perf_counter()
     # Phase 1: compile every op (AOT). Phase 2: time them. Separating the two lets a caller
     # overlap other compiles with phase 1 and keep the machine quiet during phase 2
     # (`before_timing` is called in between, e.g. to join a compile thread).
     compiled = []
-    for name, module, shape in tqdm(ops, desc="latency table: compile", unit="op",
-                                    disable=not progress, dynamic_ncols=True, mininterval=2.0):
-      x = jax.device_put(jnp.zeros(shape, jnp.float32), dev)
+    for op in tqdm(ops, desc="latency table: compile", unit="op",
+                   disable=not progress, dynamic_ncols=True, mininterval=2.0):
+      x = jax.device_put(jnp.zeros(op.input_shape, jnp.float32), dev)
       # Latency does not depend on weight values: shapes from eval_shape, filled with a small
       # constant, save an init compile per op (compiles dominate the build on CPU).
-      shapes = jax.eval_shape(module.init, jax.random.key(0), x)
+      shapes = jax.eval_shape(op.module.init, jax.random.key(0), x)
       variables = jax.device_put(jax.tree.map(lambda a: jnp.full(a.shape, 0.02, a.dtype), shapes), dev)
       # Block halves run as _LOOP chained applications inside one compiled loop: per application
       # and without dispatch, as a network runs its blocks back to back inside one call.
-      looped = isinstance(module, (_MixerHalf, _MlpHalf))
-      fn = _looped(module, _LOOP) if looped else _jit(module)
-      compiled.append((name, fn.lower(variables, x).compile(), (variables, x), _LOOP if looped else 1))
+      fn = _looped(op.module, op.reps) if op.reps > 1 else _jit(op.module)
+      compiled.append((op.key, fn.lower(variables, x).compile(), (variables, x), op.reps))
+    t_compiled = time.perf_counter()
     if before_timing is not None:
       before_timing()
+    t1 = time.perf_counter()
     # Every standalone call pays one dispatch (tens of microseconds on CPU); the whole network
     # pays it once. Measure it with a trivial op and count it once in `predict`.
     x0 = jax.device_put(jnp.zeros((batch, *image_shape), jnp.float32), dev)
     entries["dispatch_overhead"] = _time_fn(_trivial, (x0,), warmup, runs)
     for name, fn, args, reps in tqdm(compiled, desc="latency table: time", unit="op",
                                      disable=not progress, dynamic_ncols=True, mininterval=2.0):
-      ms = _time_fn(fn, args, warmup, runs) / reps
-      parts = name.split("/", 2)
-      if len(parts) == 1:
-        entries[name] = ms
-      else:
-        entries[parts[0]][parts[1]][parts[2]] = ms
-    meta = {"device": device_name(dev), "space": space.name, "preset": space.preset,
-            "dims": list(space.dims), "max_depths": list(space.max_depths),
-            "num_classes": num_classes, "image_shape": list(image_shape), "batch": batch,
-            "warmup": warmup, "runs": runs, "num_ops": len(ops),
+      _put_entry(entries, name, _time_fn(fn, args, warmup, runs) / reps)
+    meta = {"backend": "xla", "device": device_name(dev),
+            **space_meta(space, num_classes, image_shape, batch),
+            "warmup": warmup, "runs": runs, "statistic": "p50", "num_ops": len(ops),
+            "compile_seconds": t_compiled - t0, "timing_seconds": time.perf_counter() - t1,
             "build_seconds": time.perf_counter() - t0}
     return cls(entries, meta)
+
+  @classmethod
+  def _build_onnxruntime(cls, space, num_classes, image_shape, *, batch, warmup, runs,
+                         progress, before_timing, threads) -> "LatencyTable":
+    import tempfile
+    from evonas_jax import latency_bundle
+    from evonas_jax.tools import build_device_table
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="evonas_latency_bundle_") as tmp:
+      manifest = latency_bundle.write_bundle(space, num_classes, image_shape, tmp, batch=batch,
+                                             progress=progress)
+      t_converted = time.perf_counter()
+      if before_timing is not None:
+        before_timing()
+      d = build_device_table.build_table(tmp, threads=threads, warmup=warmup, runs=runs,
+                                         progress=False)
+    meta = d["meta"]
+    meta["compile_seconds"] = t_converted - t0   # the ONNX conversions (jax2onnx)
+    meta["convert_seconds_per_op"] = manifest["convert_seconds_per_op"]
+    meta["build_seconds"] = time.perf_counter() - t0
+    return cls(d["entries"], meta)
 
   def predict(self, arch: Arch) -> float:
     e, n = self.entries, len(arch.depth)
@@ -255,9 +397,10 @@ class LatencyTable:
     return float(total)
 
   def check_compatible(self, space: SearchSpace, num_classes: int, image_shape) -> None:
-    want = {"space": space.name, "preset": space.preset, "dims": list(space.dims),
-            "max_depths": list(space.max_depths), "num_classes": num_classes,
-            "image_shape": [int(s) for s in image_shape]}
+    """ValueError naming every field (space, preset, dims, max_depths, num_classes,
+    image_shape) in which the table differs from what it is wanted for."""
+    want = space_meta(space, num_classes, image_shape, 1)
+    want.pop("batch")
     diff = {k: (self.meta.get(k), v) for k, v in want.items() if self.meta.get(k) != v}
     if diff:
       raise ValueError(f"latency table does not match (field: (table, wanted)): {diff}")
@@ -271,6 +414,15 @@ class LatencyTable:
     with open(path) as f:
       d = json.load(f)
     return cls(d["entries"], d["meta"])
+
+
+def _put_entry(entries: dict, key: str, ms: float) -> None:
+  # "stem" -> entries["stem"]; "stage0/mixer/vssd/16/16" -> entries["stage0"]["mixer"]["vssd/16/16"]
+  parts = key.split("/", 2)
+  if len(parts) == 1:
+    entries[key] = ms
+  else:
+    entries[parts[0]][parts[1]][parts[2]] = ms
 
 
 def _mixer_key_from_meta(arch: Arch, s: int, meta: dict) -> str:
@@ -302,11 +454,13 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 def validate_table(table: LatencyTable, space: SearchSpace, num_classes: int, image_shape, *,
                    num_archs: int = 10, seed: int = 0, archs: Sequence[Arch] | None = None,
                    warmup: int = 10, runs: int = 30, device=None, variables=None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, backend: str | None = None, threads: int = 1) -> dict:
   """Spearman rho (and mean abs % error) of the table against measured sliced latency.
 
   archs: the archs to check (default: `num_archs` random archs of the space, seeded).
+  backend: what measures the networks (default: the table's own backend).
   """
+  backend = table.backend if backend is None else check_backend(backend)
   from tqdm.auto import tqdm
   if archs is None:
     archs = [space.decode(g) for g in space.sample(seed, num_archs)]
@@ -315,9 +469,10 @@ def validate_table(table: LatencyTable, space: SearchSpace, num_classes: int, im
                 dynamic_ncols=True, mininterval=2.0):
     pred.append(table.predict(a))
     meas.append(measure_latency(space, a, num_classes, image_shape, batch=table.meta["batch"],
-                                warmup=warmup, runs=runs, device=device, variables=variables))
+                                warmup=warmup, runs=runs, device=device, variables=variables,
+                                backend=backend, threads=threads))
   pred, meas = np.array(pred), np.array(meas)
   return {"spearman_rho": spearman(pred, meas) if len(archs) > 2 else float("nan"),
           "mean_abs_pct_error": float(np.mean(np.abs(pred - meas) / meas) * 100),
           "num_archs": len(archs), "predicted_ms": pred.tolist(), "measured_ms": meas.tolist(),
-          "device": table.meta["device"]}
+          "device": table.meta["device"], "backend": backend}

@@ -72,6 +72,13 @@ def validate_config(cfg) -> None:
   if cfg.latency == "none" and "latency" in parse_objectives(cfg.objectives):
     raise ValueError("config.latency='none' but config.objectives includes 'latency'; allowed: "
                      "latency='lut' or 'measured', or drop 'latency' from the objectives")
+  latency_lib.check_backend(cfg.get("latency_backend", "xla"), "config.latency_backend")
+  if not isinstance(cfg.get("latency_table", ""), str):
+    raise ValueError(f"config.latency_table={cfg.get('latency_table')!r} must be a path to a "
+                     "table JSON built on the target device, or '' (build one here)")
+  if cfg.get("latency_table", "") and not os.path.exists(cfg.latency_table):
+    raise ValueError(f"config.latency_table={cfg.latency_table!r} does not exist (a table JSON "
+                     "written by build_device_table.py, or '' to build one here)")
   if cfg.evaluator.kind not in dmmpe.EVALUATORS:
     raise ValueError(f"config.evaluator.kind={cfg.evaluator.kind!r} is not one of {dmmpe.EVALUATORS}")
   if not isinstance(cfg.get("compile_cache_dir", ""), str):
@@ -80,6 +87,9 @@ def validate_config(cfg) -> None:
   if cfg.evaluator.get("layout", "pool") not in dmmpe.DMMPE_LAYOUTS:
     raise ValueError(f"config.evaluator.layout={cfg.evaluator.layout!r} is not one of "
                      f"{dmmpe.DMMPE_LAYOUTS}")
+  if not isinstance(cfg.evaluator.get("depth_flip_tta", True), bool):
+    raise ValueError(f"config.evaluator.depth_flip_tta={cfg.evaluator.get('depth_flip_tta')!r} "
+                     "must be True or False (flip test-time augmentation of the depth fitness)")
   if cfg.evaluator.split not in dmmpe.ALLOWED_SPLITS:
     raise ValueError(f"config.evaluator.split={cfg.evaluator.split!r} is not one of "
                      f"{dmmpe.ALLOWED_SPLITS} (never the test split)")
@@ -102,6 +112,16 @@ def _devices(num: int):
   if num < 0 or num > len(devs):
     raise ValueError(f"config.evaluator.num_devices={num}: allowed 0 (all) to {len(devs)}")
   return devs[:num] if num else devs
+
+
+def with_depth_flip_tta(rt, cfg):
+  """rt with its depth task's flip TTA set from config.evaluator.depth_flip_tta (default True:
+  the official depth fitness is AbsRel after flip-TTA post-processing); other tasks unchanged."""
+  if rt is None or rt.name != "depth":
+    return rt
+  import dataclasses
+  on = cfg.evaluator.get("depth_flip_tta", True)
+  return dataclasses.replace(rt, task=dataclasses.replace(rt.task, flip_tta=on))
 
 
 # --------------------------------------------------------------------------- supernet
@@ -202,7 +222,9 @@ class Objectives:
                                    warmup=t.warmup, runs=t.runs)
     return latency_lib.measure_latency(self.space, arch, self.info.num_classes,
                                        self.info.image_shape, batch=t.batch, warmup=t.warmup,
-                                       runs=t.runs, variables=self.variables)
+                                       runs=t.runs, variables=self.variables,
+                                       backend=self.cfg.get("latency_backend", "xla"),
+                                       threads=t.get("threads", 1))
 
   def latency_ms(self, arch) -> float:
     if self.cfg.latency == "none":
@@ -248,6 +270,30 @@ class Objectives:
       if budget > 0:
         v += np.array([max(0.0, r[field] / budget - 1.0) for r in recs], np.float32)
     return v
+
+
+def load_device_table(path: str, space, num_classes: int, image_shape,
+                      backend: str = "xla") -> "latency_lib.LatencyTable":
+  """The table JSON at `path` (built on a target device), refused (ValueError naming the
+  differing fields) when built for another space/preset/dims/max_depths/num_classes/
+  image_shape; a WARNING is printed when it was measured on another device than this one."""
+  table = latency_lib.LatencyTable.load(path)
+  try:
+    table.check_compatible(space, num_classes, image_shape)
+  except ValueError as e:
+    raise ValueError(f"config.latency_table={path!r}: {e}") from None
+  here = latency_lib.current_device(table.backend)
+  there = table.meta.get("device")
+  if there != here:
+    print(f"[evonas_jax] WARNING: config.latency_table={path!r} was measured on {there!r} "
+          f"({table.backend}, {table.meta.get('threads', '?')} thread(s)), not on this machine "
+          f"({here!r}): the lookup-table latencies are those of that device. Latencies measured "
+          f"here (config.latency='measured', the Pareto and validation measurements, backend "
+          f"{backend!r}) are of this machine.", flush=True)
+  elif table.backend != backend:
+    print(f"[evonas_jax] note: config.latency_table was timed with {table.backend!r}; "
+          f"measured latencies use config.latency_backend={backend!r}", flush=True)
+  return table
 
 
 def score_key(rt) -> str:
@@ -351,6 +397,7 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
     space, model, variables, data_cfg, info, rt = load_supernet(config.supernet_workdir)
   else:
     space, model, variables, data_cfg, info, rt = random_supernet(config)
+  rt = with_depth_flip_tta(rt, config)
   names = parse_objectives(config.objectives)
   print(f"[evonas_jax] search: {space.name}/{space.preset}, data {info.name}, objectives "
         f"{names}, pop {config.population_size} x {config.num_generations} gens", flush=True)
@@ -377,14 +424,28 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
   # The table's classifier-head entry needs >= 1 class (a depth model has none; its head entry
   # is replaced by the measured decoder).
   tbl_classes = max(int(info.num_classes), 1)
+  backend = config.get("latency_backend", "xla")
+  if backend == "onnxruntime" and rt is not None and rt.dense:
+    raise ValueError(f"config.latency_backend='onnxruntime' supports classification subnets "
+                     f"only (the {rt.name} decoder's latency is measured with XLA only: neither its "
+                     f"table entry nor the sliced dense model is timed in onnxruntime yet); "
+                     f"allowed here: 'xla'")
   if config.latency == "lut" or config.latency_validation_archs:
-    if os.path.exists(lut_path):
+    if config.get("latency_table", ""):
+      table = load_device_table(config.latency_table, space, tbl_classes, info.image_shape,
+                                backend)
+    elif os.path.exists(lut_path):
       table = latency_lib.LatencyTable.load(lut_path)
       table.check_compatible(space, tbl_classes, info.image_shape)
+      if table.backend != backend:
+        raise ValueError(f"{lut_path} was built with backend {table.backend!r} but "
+                         f"config.latency_backend={backend!r}: resume with the same backend, or "
+                         "use a new workdir")
     else:
       table = latency_lib.LatencyTable.build(space, tbl_classes, info.image_shape,
                                              batch=tm.batch, warmup=tm.table_warmup,
-                                             runs=tm.table_runs, before_timing=warm.join)
+                                             runs=tm.table_runs, before_timing=warm.join,
+                                             backend=backend, threads=tm.get("threads", 1))
       table.save(lut_path)
   warm.join()
   decoder = None
@@ -519,7 +580,10 @@ def _finish(config, workdir, space, info, strategy, state, objectives, table, va
   lut = {}
   if table is not None:
     lut["device"] = table.meta["device"]
-    lut["build_seconds"] = table.meta["build_seconds"]
+    lut["backend"] = table.backend
+    lut["build_seconds"] = table.meta.get("build_seconds")
+    if config.get("latency_table", ""):
+      lut["table_file"] = os.path.basename(config.latency_table)
   if config.measure_pareto_latency:
     todo = front[:config.measure_pareto_max or len(front)]
     from tqdm.auto import tqdm
@@ -534,7 +598,9 @@ def _finish(config, workdir, space, info, strategy, state, objectives, table, va
   if table is not None and config.latency_validation_archs:
     rep = latency_lib.validate_table(table, space, max(int(info.num_classes), 1), info.image_shape,
                                      num_archs=config.latency_validation_archs, seed=config.seed,
-                                     warmup=tm.warmup, runs=tm.runs, variables=variables)
+                                     warmup=tm.warmup, runs=tm.runs, variables=variables,
+                                     backend=config.get("latency_backend", "xla"),
+                                     threads=tm.get("threads", 1))
     lut["spearman_rho_random"] = rep["spearman_rho"]
     lut["mean_abs_pct_error_random"] = rep["mean_abs_pct_error"]
     lut["num_random_archs"] = rep["num_archs"]

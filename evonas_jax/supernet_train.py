@@ -87,7 +87,8 @@ def make_task_eval_step(model, task):
   """Jitted (variables, batch, masks) -> the task's per-batch metric sums (`tasks.eval_stats`)."""
   @jax.jit
   def step(variables, batch, masks):
-    return task.eval_stats(model.apply(variables, batch["image"], masks), batch)
+    out = task.eval_output(lambda x: model.apply(variables, x, masks), batch["image"])
+    return task.eval_stats(out, batch)   # eval_output: the depth task's flip TTA when on
   return step
 
 
@@ -124,6 +125,8 @@ def print_summary(results: dict, workdir: str) -> None:
     test = f"{test:.4f}" if test is not None else "  -   "
     print(f" {n:<9} | {r[f'val_{m}']:.4f}      | {test}       | {r['macs'] / 1e6:8.2f} M "
           f"| {r['params'] / 1e6:.3f} M")
+    if f"before_val_{m}" in r:
+      print(f"   (before fine-tuning: val {m} {r[f'before_val_{m}']:.4f})")
   print(f"\n{results['steps']} steps in {results['wall_seconds']:.0f} s; outputs in {workdir}")
 
 
@@ -136,9 +139,12 @@ def plot_metrics(rows: list[dict], path: str, metric: str = "acc") -> None:
   tr = [r for r in rows if "loss" in r]
   a1.plot([r["step"] for r in tr], [r["loss"] for r in tr])
   a1.set(xlabel="step", ylabel="train loss (mean over sampled subnets)", yscale="log")
-  for n in ("largest", "smallest"):
-    ev = [r for r in rows if f"val_{metric}_{n}" in r]
-    a2.plot([r["step"] for r in ev], [r[f"val_{metric}_{n}"] for r in ev], marker="o", label=n)
+  for n in ("largest", "smallest", "subnet"):   # "subnet": a fixed-subnet (finetune) run
+    ev = [r for r in rows if f"val_{metric}_{n}" in r or f"before_val_{metric}_{n}" in r]
+    if ev:
+      a2.plot([r["step"] for r in ev],
+              [r.get(f"val_{metric}_{n}", r.get(f"before_val_{metric}_{n}")) for r in ev],
+              marker="o", label=n)
   a2.set(xlabel="step", ylabel=f"validation {metric}")
   a2.legend()
   fig.tight_layout()

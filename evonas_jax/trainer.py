@@ -378,7 +378,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # gain is in its own metrics; a resumed run finds this row in metrics.jsonl.
     writer.write(0, **{before_key: ev(student_vars(state), "validation", reported[0][1])})
 
-  spec = LoopSpec("supernet", config.num_steps, config.batch_size, config.log_every,
+  spec = LoopSpec("finetune" if fixed else "supernet", config.num_steps, config.batch_size,
+                  config.log_every,
                   config.eval_every, config.checkpoint_every,
                   f"Lower optimizer.lr (now {config.optimizer.lr}), enable optimizer.grad_clip, "
                   f"or use compute_dtype='float32'.")

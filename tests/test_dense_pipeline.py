@@ -113,10 +113,12 @@ def test_dense_search_and_export_round_trip(trained):
     assert r["error"] == r["abs_rel"] and r["macs"] > res["decoder"]["macs"] > 0
   assert os.path.exists(root / "search" / "pareto.png")
 
-  with pytest.raises(ValueError, match="ONNX export of depth subnets is not supported yet"):
-    export_lib.export_subnet(str(root / "search"), 0, str(root / "onnx"), formats="onnx")
-  assert not os.path.exists(root / "onnx")
-  ex = export_lib.export_subnet(str(root / "search"), 0, platforms=("cpu",), log=print)
+  with pytest.raises(ValueError, match="int8 quantisation is classification-only"):
+    export_lib.export_subnet(str(root / "search"), 0, str(root / "i8"), formats="onnx,int8")
+  assert not os.path.exists(root / "i8")
+  onnx = "jax_export,onnx" if _has_onnx() else "jax_export"
+  ex = export_lib.export_subnet(str(root / "search"), 0, platforms=("cpu",), log=print,
+                                formats=onnx)
   meta = ex.meta
   assert meta["task"] == "depth" and meta["max_depth"] == trained["rt"].info.max_depth
   # The masked supernet with the same per-subnet recalibration, on fresh images.
@@ -140,3 +142,22 @@ def test_dense_search_and_export_round_trip(trained):
   print(f"export round trip: max |depth diff| {err:.2e} m (depth range {want.min():.3f}.."
         f"{want.max():.3f} m)")
   assert err < 1e-4
+  if _has_onnx():
+    # model.onnx in onnxruntime against the masked supernet, on a real validation image and
+    # the random inputs; the trained depth varies across the image, so a constant map fails.
+    from evonas_jax import export_onnx
+    real = next(iter(rt.eval_iterator(trained["c"].data, "validation", 1)))["image"]
+    xs = np.concatenate([np.asarray(real, np.float32), np.asarray(x)])
+    ref = np.asarray(model.apply(v, jnp.asarray(xs), masks)["depth"])
+    assert ref[0].std() > 1e-3, ref[0].std()
+    got_onnx = export_onnx.run(os.path.join(ex.out, "model.onnx"), xs)["depth"]
+    err_onnx = np.abs(got_onnx - ref).max()
+    print(f"ONNX: max |depth diff| {err_onnx:.2e} m")
+    assert err_onnx <= 1e-4 * max(1.0, np.abs(ref).max())
+    assert meta["artifacts"]["onnx"]["check"]["outputs"]["depth"]["max_abs_diff"] <= 1e-4 * max(
+        1.0, meta["artifacts"]["onnx"]["check"]["outputs"]["depth"]["max_abs_jax"])
+
+
+def _has_onnx() -> bool:
+  import importlib.util
+  return all(importlib.util.find_spec(m) is not None for m in ("jax2onnx", "onnxruntime"))

@@ -54,7 +54,10 @@ def test_segmentation_overfits_scene(tmp_path):
   assert res["task"] == "segmentation" and res["score"] == "miou"
   for row in res["pareto"]:
     assert abs(row["error"] - (1.0 - row["miou"])) < 1e-12
-  ex = export_lib.export_subnet(str(tmp_path / "search"), 0, platforms=("cpu",), log=print)
+  import importlib.util
+  has_onnx = all(importlib.util.find_spec(m) is not None for m in ("jax2onnx", "onnxruntime"))
+  ex = export_lib.export_subnet(str(tmp_path / "search"), 0, platforms=("cpu",), log=print,
+                                formats="jax_export,onnx" if has_onnx else "jax_export")
   src = export_lib.open_source(str(tmp_path / "search"))
   variables, _ = export_lib.load_supernet_variables(src)
   arch = space.decode(res["pareto"][0]["genome"])
@@ -71,3 +74,17 @@ def test_segmentation_overfits_scene(tmp_path):
   print(f"segmentation export round trip: max |logit diff| {err:.2e} (logit scale "
         f"{np.abs(want).max():.2f})")
   assert err < 1e-4 * max(1.0, np.abs(want).max())
+  if has_onnx:
+    # model.onnx (onnxruntime) against the masked supernet on the real scene and random inputs:
+    # both heads' logits (the output names are the sorted dict keys).
+    from evonas_jax import export_onnx
+    real = next(iter(rt.eval_iterator(c.data, "validation", 1)))["image"]
+    xs = np.concatenate([np.asarray(real, np.float32), np.asarray(x)])
+    ref = model.apply(v, xs, masks)
+    got = export_onnx.run(os.path.join(ex.out, "model.onnx"), xs)
+    assert sorted(got) == ["aux_logits", "logits"]
+    for k in got:
+      w = np.asarray(ref[k])
+      e = np.abs(got[k] - w).max()
+      print(f"ONNX {k}: max |diff| {e:.2e} (scale {np.abs(w).max():.2f})")
+      assert e <= 1e-4 * max(1.0, np.abs(w).max())

@@ -5,9 +5,8 @@ a slicing or a conversion error both show. Tolerance 1e-4 relative to max(1, |ou
 measured ~1e-6 (float32 operation order only). The classification export path (CLI, budget
 selection, real digits) is tested in test_export.py.
 
-Depth and segmentation subnets are refused by the exporter for now: jax2onnx 0.17.1 converts
-their decoders into graphs onnxruntime rejects (a Concat output shape mismatch, after
-shape-merge warnings on the decoder's reshapes), measured on the smallest tiny-preset subnet.
+Depth and segmentation subnets (the dense decoders) are compared with JAX on a trained model
+in test_dense_pipeline.py (depth) and test_dense_seg.py (segmentation).
 """
 import os
 

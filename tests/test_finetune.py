@@ -193,3 +193,41 @@ def test_bad_sources(runs, tmp_path):
   assert p.returncode != 0
   assert "genome must have shape (28,)" in p.stderr and "Traceback" not in p.stderr
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_ship_sequence_at_ci_size(runs, tmp_path):
+  """benchmarks/ship_quickstart.py (the documented select -> fine-tune -> ONNX + int8 ->
+  onnxruntime latency sequence) on the tiny front: one budget (the slowest member's latency,
+  i.e. the most accurate row), 2 steps. Its numbers are cross-checked against the files it
+  wrote: the fine-tuned run's results.json and the export's arch.json."""
+  pytest.importorskip("jax2onnx")
+  pytest.importorskip("onnxruntime.quantization")
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "ship_quickstart", os.path.join(ROOT, "benchmarks", "ship_quickstart.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  # Budgets are member latencies (slowest, median, fastest); with two rows the median is the
+  # fastest again (main() skips a genome it already fine-tuned).
+  assert mod.budgets(runs["rows"], 3) == ["latency_ms<=2.0", "latency_ms<=1.0",
+                                          "latency_ms<=1.0"]
+  work, out = str(tmp_path / "ship"), str(tmp_path / "ship.json")
+  res = mod.main(["--search", runs["search_dir"], "--work", work, "--members", "1",
+                  "--steps", "2", "--batch_size", "16", "--int8_val_images", "64",
+                  "--int8_max_drop", "1.0", "--compile_cache_dir", "none", "--out", out,
+                  "--latency_json", str(tmp_path / "absent.json")])
+  saved = json.load(open(out))
+  assert saved["finetune"] == res["finetune"] and len(saved["finetune"]) == 1
+  f = saved["finetune"][0]
+  assert f["pareto_row"] == 1 and f["genome"] == runs["rows"][1]["genome"]
+  ft_res = json.load(open(os.path.join(work, "finetune_0", "results.json")))
+  assert f["val_after"] == ft_res["subnets"]["subnet"]["val_acc"]
+  assert f["val_before"] == ft_res["subnets"]["subnet"]["before_val_acc"]
+  meta = json.load(open(os.path.join(work, "export_0", "arch.json")))
+  assert meta["genome"] == f["genome"]
+  i8 = meta["artifacts"]["int8"]
+  assert saved["int8"]["metric_before"] == i8["metric_fp32"]
+  assert saved["int8"]["latency_ms_int8"] == i8["latency_ms_int8"]["p50"] > 0
+  assert (saved["onnx_max_abs_diff"]["classification"]
+          == meta["artifacts"]["onnx"]["check"]["outputs"]["logits"]["max_abs_diff"] <= 1e-4)
+  assert saved["lut_spearman"] is None

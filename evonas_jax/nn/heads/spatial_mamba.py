@@ -45,12 +45,25 @@ def scan_hidden_states(u, delta, a, b, delta_bias, backend: str = "auto"):
   return t(h)
 
 
+def _edge_pad(x, p: int, axis: int):
+  """x padded by p copies of its first / last entry along `axis` (numpy "edge" padding).
+
+  Written out on the one axis rather than as jnp.pad(mode="edge"): that pads every axis,
+  including zero-width pads of the symbolic batch axis, which jax2onnx 0.17.1 converts into a
+  Concat whose declared batch size is wrong (onnxruntime refuses to run it)."""
+  n = x.shape[axis]
+  first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+  last = jax.lax.slice_in_dim(x, n - 1, n, axis=axis)
+  return jnp.concatenate([jnp.repeat(first, p, axis=axis), x, jnp.repeat(last, p, axis=axis)],
+                         axis=axis)
+
+
 def replicate_dwconv(x, kernel, dilation: int):
   """Depthwise 3x3 conv with dilation and replicate ("edge") padding, same size.
 
   x (B, H, W, C), kernel (3, 3, 1, C) -> (B, H, W, C)."""
   p = dilation
-  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
+  xp = _edge_pad(_edge_pad(x, p, 1), p, 2)
   return jax.lax.conv_general_dilated(xp, kernel.astype(x.dtype), (1, 1), "VALID",
                                       rhs_dilation=(dilation, dilation),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),

@@ -1,0 +1,1 @@
+"""Standalone scripts shipped with the package (copied into bundles; run without evonas_jax)."""
