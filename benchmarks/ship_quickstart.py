@@ -13,7 +13,8 @@ validation accuracy recorded before (supernet weights, exact BatchNorm statistic
 The first fine-tuned member is exported to ONNX (checked against JAX) and int8 (accuracy and
 batch-1 onnxruntime latency, fp32 vs int8). The lookup-table Spearman rho of both latency
 backends is copied from `--latency_json` (benchmarks/latency_backends.py measures it on >= 30
-random subnets; it is not re-measured here).
+random subnets; it is not re-measured here), the dense tasks' ONNX errors from
+`--dense_onnx_json` (benchmarks/dense_onnx.py: the quickstart has no dense model).
 
   python benchmarks/ship_quickstart.py --search workdirs/quickstart/search \
       [--work DIR] [--members 3] [--steps N] -> benchmarks/results/ship_quickstart.json
@@ -66,6 +67,8 @@ def main(argv=None) -> dict:
   p.add_argument("--int8_max_drop", type=float, default=0.01)
   p.add_argument("--latency_json", default=os.path.join(ROOT, "benchmarks", "results",
                                                         "latency_backends.json"))
+  p.add_argument("--dense_onnx_json", default=os.path.join(ROOT, "benchmarks", "results",
+                                                           "dense_onnx.json"))
   p.add_argument("--compile_cache_dir", default="")
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                "ship_quickstart.json"))
@@ -123,9 +126,18 @@ def main(argv=None) -> dict:
                    "seconds": round(time.time() - t, 1)}
   out["onnx_max_abs_diff"] = {
       "classification": art["onnx"]["check"]["outputs"]["logits"]["max_abs_diff"],
-      "depth": None, "segmentation": None,
-      "dense_note": "dense ONNX export is refused: jax2onnx 0.17.1 converts the dense decoders "
-                    "into a graph onnxruntime rejects (Concat shape mismatch)"}
+      "depth": None, "segmentation": None}
+  # The quickstart has no dense model: their numbers come from benchmarks/dense_onnx.py (trained
+  # ARC2017 depth / segmentation subnets), the worst output over its subnets and checks.
+  if os.path.isfile(a.dense_onnx_json):
+    dj = json.load(open(a.dense_onnx_json))
+    for task in ("depth", "segmentation"):
+      vals = [c["max_abs_diff"] for sub in dj.get(task, {}).values()
+              for c in sub["calibration_check"].values()]
+      vals += [v for sub in dj.get(task, {}).values()
+               for v in sub["real_image_max_abs_diff"].values()]
+      out["onnx_max_abs_diff"][task] = max(vals) if vals else None
+    out["onnx_max_abs_diff"]["dense_source"] = os.path.relpath(a.dense_onnx_json, ROOT)
   out["int8"] = {"metric": i8["metric"], "metric_before": i8["metric_fp32"],
                  "metric_after": i8["metric_int8"], "drop": i8["drop"], "status": i8["status"],
                  "validation_images": i8["validation_images"],

@@ -215,7 +215,8 @@ def test_ship_sequence_at_ci_size(runs, tmp_path):
   res = mod.main(["--search", runs["search_dir"], "--work", work, "--members", "1",
                   "--steps", "2", "--batch_size", "16", "--int8_val_images", "64",
                   "--int8_max_drop", "1.0", "--compile_cache_dir", "none", "--out", out,
-                  "--latency_json", str(tmp_path / "absent.json")])
+                  "--latency_json", str(tmp_path / "absent.json"),
+                  "--dense_onnx_json", str(tmp_path / "absent.json")])
   saved = json.load(open(out))
   assert saved["finetune"] == res["finetune"] and len(saved["finetune"]) == 1
   f = saved["finetune"][0]
