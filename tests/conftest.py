@@ -21,3 +21,21 @@ from evonas_jax import compile_cache  # noqa: E402
 # Executables that compile in under 0.2 s are not written: thousands of tiny entries cost more
 # to write on a cold run than they save on a warm one.
 compile_cache.enable(os.environ["EVONAS_JAX_COMPILE_CACHE"], min_compile_seconds=0.2)
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops JAX's compiled programs after each test module, so a pytest-xdist worker that runs
+  many modules does not keep every program (and its memory) for the whole suite. Why: twice this
+  session a long-lived worker died with a bare "Fatal Python error: Aborted" inside an XLA
+  compile (different tests each time), after which xdist hung; its surviving peer held 26,124
+  memory mappings, so exhausting vm.max_map_count (65,530) is the suspected cause (not proven;
+  .ci/run also raises that limit where it may). Set up first, so torn down last."""
+  yield
+  jax.clear_caches()
+  gc.collect()
