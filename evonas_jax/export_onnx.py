@@ -67,12 +67,11 @@ def convert(apply_fn: Callable, image_shape: Sequence[int], path: str,
 
 
 def session(path: str, threads: int = 1):
-  """An onnxruntime CPU InferenceSession with a fixed thread count (timings stay comparable)."""
-  _, ort = require()
-  so = ort.SessionOptions()
-  so.intra_op_num_threads = int(threads)
-  so.inter_op_num_threads = 1
-  return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+  """An onnxruntime CPU InferenceSession with a fixed thread count: the latency timer's own
+  session (`ort_latency.session`), so checks and timings run the same configuration."""
+  require()
+  from evonas_jax import ort_latency
+  return ort_latency.session(path, int(threads))
 
 
 def run(path_or_session, images: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
