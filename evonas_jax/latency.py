@@ -406,8 +406,8 @@ class LatencyTable:
       raise ValueError(f"latency table does not match (field: (table, wanted)): {diff}")
 
   def save(self, path: str) -> None:
-    with open(path, "w") as f:
-      json.dump({"meta": self.meta, "entries": self.entries}, f, indent=1)
+    from evonas_jax.workdir import write_json_atomic   # atomic: a killed search re-reads it
+    write_json_atomic(path, {"meta": self.meta, "entries": self.entries}, indent=1)
 
   @classmethod
   def load(cls, path: str) -> "LatencyTable":

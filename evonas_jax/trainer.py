@@ -37,7 +37,7 @@ from evonas_jax.supernet_train import (evaluate_task, make_bn_step, make_optimiz
                                        make_task_eval_step, plot_metrics, print_summary)
 from evonas_jax.task_runtime import make_runtime
 from evonas_jax.train_config import engine_of, validate_train_config
-from evonas_jax.workdir import MetricWriter, open_workdir
+from evonas_jax.workdir import MetricWriter, open_workdir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -446,9 +446,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if not exists:
     save_pytree(final, variables)
   if is_main:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    # results.json marks the run finished (a rerun then refuses the workdir), so it is written
+    # last and atomically: a kill before it leaves a run that the rerun completes.
     plot_metrics(writer.read(), os.path.join(workdir, "metrics.png"), short)
+    write_json_atomic(os.path.join(workdir, "results.json"), results, indent=2)
     print_summary(results, workdir)
   writer.close()
   if jax.process_count() > 1:

@@ -12,6 +12,19 @@ import time
 from typing import Any
 
 
+def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
+  """Writes `obj` as JSON to `path` through a temp file in the same folder + os.replace, so a
+  process killed mid-write leaves either the old file or the new one, never a torn one (a torn
+  results.json would make the rerun refuse the workdir as finished; a torn config.json or
+  latency table would make it fail to parse)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, **dump_kwargs)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
 def _canonical(config) -> dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
@@ -33,8 +46,7 @@ def open_workdir(workdir: str, config, *, allow_existing_finished: bool = False)
   if os.path.exists(os.path.join(workdir, "results.json")) and not allow_existing_finished:
     raise FileExistsError(f"workdir {workdir} already holds a finished run (results.json). Use a "
                           "new --workdir to train again.")
-  with open(cfg_path, "w") as f:
-    json.dump(new, f, indent=2, sort_keys=True)
+  write_json_atomic(cfg_path, new, indent=2, sort_keys=True)
   return workdir
 
 
