@@ -132,11 +132,17 @@ def make_subnet_objective(setup: DistillSetup) -> Callable:
       kd, lam = teacher_kd, (s.kd_ratio if use_teacher_kd else 0.0)
     spat = freq = zero
     if use_feat:
-      f = feats[s.student_stage]
+      # The projectors run in float32 whatever compute_dtype: at initialisation their output
+      # varies across teacher cells by ~5e-5 of its magnitude, below bfloat16's resolution
+      # (2^-8), so in bf16 every cell came out equal; the frequency loss's mean-centred map was
+      # then exactly 0 (loss = the number of cells) and the step's gradient norm ~1e11 instead of
+      # ~25 (measured on the tiny supernet, compiled engine): its clipped update was that noise.
+      f = feats[s.student_stage].astype(jnp.float32)
       for name, w in (("proj_spatial", s.alpha_spatial), ("proj_frequency", s.alpha_frequency)):
         if w <= 0:
           continue
-        p, u = s.projector.apply({"params": params[name], "batch_stats": bs[name]}, f,
+        p32 = jax.tree.map(lambda a: a.astype(jnp.float32), params[name])
+        p, u = s.projector.apply({"params": p32, "batch_stats": bs[name]}, f,
                                  train=True, mutable=["batch_stats"])
         bs[name] = u["batch_stats"]
         p = p.astype(jnp.float32)
