@@ -83,9 +83,49 @@ def load_pytree(path: str, target=None):
   if not os.path.isdir(path):
     raise FileNotFoundError(f"no checkpoint at {path}")
   ckptr = ocp.StandardCheckpointer()
-  if target is None:
-    return ckptr.restore(path)
-  return ckptr.restore(path, abstract_like(target))
+  if target is not None:
+    _check_saved_leaves(ckptr, path, target)
+  try:
+    if target is None:
+      return ckptr.restore(path)
+    return ckptr.restore(path, abstract_like(target))
+  except Exception as e:   # noqa: BLE001 - orbax / tensorstore errors name no file of ours
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    raise ValueError(f"checkpoint {path} is unreadable or does not fit the expected tree "
+                     f"({type(e).__name__}: {first})") from e
+
+
+def _check_saved_leaves(ckptr, path: str, target) -> None:
+  """ValueError naming the leaf when a leaf of `target` is missing from the checkpoint at
+  `path` or saved with another shape / dtype (orbax would cast the dtype silently)."""
+  import numpy as np
+  try:
+    meta = ckptr.metadata(path)
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
+  except Exception:   # noqa: BLE001 - no readable metadata: the restore reports it
+    return
+  if not isinstance(tree, dict):
+    return
+  for kp, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+    node, name = tree, []
+    for k in kp:
+      key = getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
+      name.append(str(key))
+      node = node.get(key) if isinstance(node, dict) else None
+      if node is None:
+        node = None
+        break
+    where = "/".join(name)
+    if node is None:
+      raise ValueError(f"checkpoint {path} has no leaf {where!r} (the restore target needs it)")
+    shape, dtype = getattr(node, "shape", None), getattr(node, "dtype", None)
+    if shape is not None and tuple(shape) != tuple(np.shape(leaf)):
+      raise ValueError(f"checkpoint {path}: leaf {where!r} has shape {tuple(shape)}, the target "
+                       f"{tuple(np.shape(leaf))}")
+    want = getattr(leaf, "dtype", None)
+    if dtype is not None and want is not None and np.dtype(dtype) != np.dtype(want):
+      raise ValueError(f"checkpoint {path}: leaf {where!r} has dtype {np.dtype(dtype)}, the "
+                       f"target {np.dtype(want)}")
 
 
 def save_pytree(path: str, tree) -> None:

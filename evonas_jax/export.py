@@ -60,7 +60,8 @@ def main(argv):
                                    overwrite=f.overwrite, formats=f.formats,
                                    int8_max_drop=f.int8_max_drop,
                                    int8_val_images=f.int8_val_images)
-  except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
+  except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError,
+          ImportError) as e:
     # Bad input: the message names the flag and the allowed values; no traceback needed.
     raise app.UsageError(str(e)) from None
   export_lib.print_summary(res)

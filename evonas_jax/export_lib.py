@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -211,8 +212,26 @@ class Source:
 
 
 def _read_json(path: str) -> dict:
-  with open(path) as f:
-    return json.load(f)
+  """A JSON object from `path`; ValueError naming the file when it is unreadable / not one."""
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path} is not readable JSON ({type(e).__name__}: {e})") from None
+  if not isinstance(d, dict):
+    raise ValueError(f"{path} holds a {type(d).__name__}, expected a JSON object")
+  return d
+
+
+def _field(d: dict, key: str, path: str, types=None):
+  """d[key], or ValueError naming the file and the field when it is missing / mistyped."""
+  if key not in d:
+    raise ValueError(f"{path} has no field {key!r}")
+  v = d[key]
+  if types is not None and (isinstance(v, bool) and bool not in (types if isinstance(
+      types, tuple) else (types,)) or not isinstance(v, types)):
+    raise ValueError(f"{path}: field {key!r} = {v!r} is not a {types}")
+  return v
 
 
 def _data_cfg(d: dict):
@@ -246,6 +265,14 @@ def _resolve_supernet_dir(path: str, search_workdir: str) -> str:
                           f"(looked in {cands})")
 
 
+def _space_of(cfg: dict, path: str) -> SearchSpace:
+  name, preset = _field(cfg, "space", path, str), _field(cfg, "preset", path, str)
+  try:
+    return get_space(name, preset)
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"{path}: space {name!r} / preset {preset!r}: {e}") from None
+
+
 def open_source(workdir: str) -> Source:
   """Reads a search or training workdir's configs (no weights are loaded here)."""
   import ml_collections
@@ -255,29 +282,43 @@ def open_source(workdir: str) -> Source:
     raise FileNotFoundError(f"--workdir {workdir} has no config.json: expected a search workdir "
                             "(pareto.json) or a training workdir (final/)")
   cfg = _read_json(cfg_path)
-  if os.path.isfile(os.path.join(workdir, "pareto.json")):
+  pareto_path = os.path.join(workdir, "pareto.json")
+  if os.path.lexists(pareto_path):
+    if not os.path.isfile(pareto_path):
+      raise ValueError(f"{pareto_path} is not a file")
     scfg = ml_collections.ConfigDict(cfg)
-    pareto = _read_json(os.path.join(workdir, "pareto.json"))["pareto"]
-    ev = cfg["evaluator"]
+    pareto = _field(_read_json(pareto_path), "pareto", pareto_path, list)
+    for i, r in enumerate(pareto):
+      if not isinstance(r, dict):
+        raise ValueError(f"{pareto_path}: row {i} is a {type(r).__name__}, expected an object "
+                         "with a 'genome'")
+    ev = _field(cfg, "evaluator", cfg_path, dict)
     # The search's own calibration batches (DMMPE draws them the same way), so the exported
     # statistics are the ones the search measured the subnet's accuracy with.
-    calib = {"batches": ev["calib_batches"], "batch_size": ev["calib_batch_size"],
-             "seed": cfg["seed"]}
-    if cfg.get("supernet_workdir"):
-      sup = _resolve_supernet_dir(cfg["supernet_workdir"], workdir)
-      tcfg = _read_json(os.path.join(sup, "config.json"))
-      return Source("search", workdir, get_space(tcfg["space"], tcfg["preset"]),
-                    _data_cfg(tcfg["data"]), tcfg, sup, pareto, calib, scfg)
+    calib = {"batches": _field(ev, "calib_batches", cfg_path + " evaluator", int),
+             "batch_size": _field(ev, "calib_batch_size", cfg_path + " evaluator", int),
+             "seed": _field(cfg, "seed", cfg_path, int)}
+    sup_dir = cfg.get("supernet_workdir")
+    if sup_dir is not None and not isinstance(sup_dir, str):
+      raise ValueError(f"{cfg_path}: field 'supernet_workdir' = {sup_dir!r} is not a path")
+    if sup_dir:
+      sup = _resolve_supernet_dir(sup_dir, workdir)
+      tcfg_path = os.path.join(sup, "config.json")
+      tcfg = _read_json(tcfg_path)
+      return Source("search", workdir, _space_of(tcfg, tcfg_path),
+                    _data_cfg(_field(tcfg, "data", tcfg_path, dict)), tcfg, sup, pareto, calib,
+                    scfg)
     over = {k: tuple(v) for k, v in cfg.get("space_overrides", {}).items() if v}
-    space = get_space(cfg["space"], cfg["preset"])
+    space = _space_of(cfg, cfg_path)
     space = dataclasses.replace(space, **over) if over else space
-    return Source("search", workdir, space, _data_cfg(cfg["data"]), {}, None, pareto, calib, scfg)
+    return Source("search", workdir, space, _data_cfg(_field(cfg, "data", cfg_path, dict)), {},
+                  None, pareto, calib, scfg)
   if os.path.isdir(os.path.join(workdir, "final")):
     calib = {"batches": cfg.get("bn_calibration_batches", 0),
              "batch_size": cfg.get("bn_calibration_batch_size", cfg.get("eval_batch_size", 128)),
              "seed": cfg.get("seed", 0) + 1}
-    return Source("train", workdir, get_space(cfg["space"], cfg["preset"]), _data_cfg(cfg["data"]),
-                  cfg, workdir, None, calib)
+    return Source("train", workdir, _space_of(cfg, cfg_path),
+                  _data_cfg(_field(cfg, "data", cfg_path, dict)), cfg, workdir, None, calib)
   raise FileNotFoundError(f"--workdir {workdir} is neither a finished search (pareto.json) nor a "
                           "finished training run (final/)")
 
@@ -350,9 +391,18 @@ def select_subnet(src: Source, select):
       raise ValueError(f"--select={sel}: pareto.json of {src.workdir} has {n} rows; allowed row "
                        f"indices 0..{n - 1}, or a genome as a comma list")
     row = src.pareto[sel]
-    genome = src.space.validate(row["genome"])
+    if not isinstance(row, dict) or "genome" not in row:
+      raise ValueError(f"--select={sel}: row {sel} of {src.workdir}/pareto.json has no 'genome'")
+    try:
+      genome = src.space.validate(row["genome"])
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"--select={sel}: row {sel} of {src.workdir}/pareto.json has no valid "
+                       f"genome: {e}") from None
     return src.space.decode(genome), genome, row, sel, f"pareto_{sel}"
-  genome = src.space.validate(np.asarray(sel))   # names the bad gene and its allowed values
+  try:
+    genome = src.space.validate(np.asarray(sel))   # names the bad gene and its allowed values
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"--select={select!r} is not a genome of this space: {e}") from None
   row, idx = None, None
   for i, r in enumerate(src.pareto or []):
     if list(r["genome"]) == genome.tolist():
@@ -473,6 +523,57 @@ def _export_onnx(tmp: str, ref_module, sliced, image_shape, images: np.ndarray, 
   return desc
 
 
+def _check_parent_dir(path: str, flag: str) -> None:
+  """Raises NotADirectoryError naming --flag when an existing ancestor of `path` is a file."""
+  parent = os.path.dirname(os.path.abspath(path))
+  while parent and not os.path.exists(parent):
+    nxt = os.path.dirname(parent)
+    if nxt == parent:
+      break
+    parent = nxt
+  if parent and os.path.exists(parent) and not os.path.isdir(parent):
+    raise NotADirectoryError(f"--{flag} {path}: {parent} is a file, not a directory")
+
+
+def plan_export(workdir: str, select, out: str | None = None, *, batch_size: int = 0,
+                platforms=PLATFORMS, bn_recalib_batches: int | None = None,
+                overwrite: bool = False, formats=("jax_export",), int8_max_drop: float = 0.01,
+                int8_val_images: int = 1000):
+  """Every check `export_subnet` runs before loading weights (no file is written): raises
+  ValueError / FileNotFoundError / FileExistsError naming the flag or file. Returns
+  (src, arch, genome, row, row_idx, name, out, platforms, formats, dense)."""
+  plats = _comma_list(platforms, PLATFORMS, "platforms")
+  fmts = _comma_list(formats, FORMATS, "formats")
+  if "int8" in fmts and "onnx" not in fmts:
+    raise ValueError(f"--formats={','.join(fmts)}: int8 is quantised from model.onnx, so it needs "
+                     "onnx in the list too: pass --formats onnx,int8 (or jax_export,onnx,int8)")
+  if not (isinstance(int8_val_images, int) and 1 <= int8_val_images <= 2 ** 31 - 1):
+    raise ValueError(f"--int8_val_images={int8_val_images!r} must be an int in [1, 2**31 - 1]")
+  if not isinstance(batch_size, int) or not 0 <= batch_size <= 2 ** 31 - 1:
+    raise ValueError(f"--batch_size={batch_size!r} must be an int >= 0 (0 = symbolic batch)")
+  if not (isinstance(int8_max_drop, (int, float)) and not isinstance(int8_max_drop, bool)
+          and math.isfinite(int8_max_drop) and 0 <= int8_max_drop <= 1):
+    raise ValueError(f"--int8_max_drop={int8_max_drop!r} must be a number in [0, 1] (an "
+                     "absolute top-1 accuracy drop)")
+  if bn_recalib_batches is not None and not 0 <= bn_recalib_batches <= 2 ** 31 - 1:
+    raise ValueError(f"--bn_recalib_batches={bn_recalib_batches} must be in [0, 2**31 - 1] (0 = keep the "
+                     "supernet's shared statistics)")
+  src = open_source(workdir)
+  arch, genome, row, row_idx, name = select_subnet(src, select)
+  out = os.path.abspath(out or os.path.join(src.workdir, "export", name))
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite, or choose "
+                          "another --out)")
+  _check_parent_dir(out, "out")
+
+  dense = (src.train_cfg or {}).get("task", "classification") != "classification"
+  if dense and "int8" in fmts:
+    raise ValueError(
+        f"--formats={','.join(fmts)}: int8 quantisation is classification-only (its accuracy "
+        f"check is top-1); for a {src.train_cfg['task']} subnet use --formats jax_export,onnx")
+  return src, arch, genome, row, row_idx, name, out, plats, fmts, dense
+
+
 def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: int = 0,
                   platforms=PLATFORMS, bn_recalib_batches: int | None = None,
                   overwrite: bool = False, formats=("jax_export",),
@@ -493,30 +594,11 @@ def export_subnet(workdir: str, select, out: str | None = None, *, batch_size: i
   temporary name and moved into place at the end, so a failed export leaves nothing half-written.
   """
   t0 = time.time()
-  plats = _comma_list(platforms, PLATFORMS, "platforms")
-  fmts = _comma_list(formats, FORMATS, "formats")
-  if "int8" in fmts and "onnx" not in fmts:
-    raise ValueError(f"--formats={','.join(fmts)}: int8 is quantised from model.onnx, so it needs "
-                     "onnx in the list too: pass --formats onnx,int8 (or jax_export,onnx,int8)")
-  if "int8" in fmts and not (isinstance(int8_val_images, int) and int8_val_images >= 1):
-    raise ValueError(f"--int8_val_images={int8_val_images!r} must be an int >= 1")
-  if not isinstance(batch_size, int) or batch_size < 0:
-    raise ValueError(f"--batch_size={batch_size!r} must be an int >= 0 (0 = symbolic batch)")
-  if bn_recalib_batches is not None and bn_recalib_batches < 0:
-    raise ValueError(f"--bn_recalib_batches={bn_recalib_batches} must be >= 0 (0 = keep the "
-                     "supernet's shared statistics)")
-  src = open_source(workdir)
-  arch, genome, row, row_idx, name = select_subnet(src, select)
-  out = os.path.abspath(out or os.path.join(src.workdir, "export", name))
-  if os.path.exists(out) and not overwrite:
-    raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite, or choose "
-                          "another --out)")
-
-  dense = (src.train_cfg or {}).get("task", "classification") != "classification"
-  if dense and "int8" in fmts:
-    raise ValueError(
-        f"--formats={','.join(fmts)}: int8 quantisation is classification-only (its accuracy "
-        f"check is top-1); for a {src.train_cfg['task']} subnet use --formats jax_export,onnx")
+  plan = plan_export(workdir, select, out, batch_size=batch_size, platforms=platforms,
+                     bn_recalib_batches=bn_recalib_batches, overwrite=overwrite,
+                     formats=formats, int8_max_drop=int8_max_drop,
+                     int8_val_images=int8_val_images)
+  src, arch, genome, row, row_idx, name, out, plats, fmts, dense = plan
   variables, info = load_supernet_variables(src)
   task_cfg = dict(src.train_cfg or {})
   if dense:

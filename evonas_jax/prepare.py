@@ -62,7 +62,8 @@ def _prepare_dense(name: str, tfds_dir: str, overwrite: bool) -> int:
     print(f"Preparing {name} into {tfds_dir} ...", flush=True)
     try:
         result = dense.prepare_local(name, tfds_dir, overwrite=overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError,
+            ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     sizes = ", ".join(f"{k}={v}" for k, v in result.split_sizes.items())
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = tfds_prepare.prepare(args.source, tfds_dir, data_dir=args.data_dir, val_size=args.val_size,
                                       overwrite=args.overwrite, allow_fallback=args.allow_fallback)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     sizes = ", ".join(f"{k}={v}" for k, v in result.split_sizes.items())

@@ -19,10 +19,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  from evonas_jax import search_lib, train_config
+  try:   # bad input: a one-line message naming the field / path, no traceback
+    search_lib.validate_config(flags.FLAGS.config)
+    train_config.check_workdir(flags.FLAGS.workdir)
+  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+          PermissionError) as e:
+    raise app.UsageError(str(e)) from None
   from evonas_jax.search_lib import run_search
   run_search(flags.FLAGS.config, flags.FLAGS.workdir,
              max_generations_this_run=flags.FLAGS.stop_after_generations)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # An unknown --config.<field> is a one-line usage error naming it, not a traceback.
+  from evonas_jax.train_config import config_flags_parser
+  app.run(main, flags_parser=config_flags_parser)

@@ -26,6 +26,7 @@ import csv
 import functools
 import json
 import logging
+import math
 import os
 import time
 
@@ -38,7 +39,7 @@ from evonas_jax.nn import init_supernet
 from evonas_jax.nn.cost import arch_cost
 from evonas_jax.provenance import provenance
 from evonas_jax.space import get_space
-from evonas_jax.workdir import MetricWriter, open_workdir
+from evonas_jax.workdir import MetricWriter, open_workdir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def validate_config(cfg) -> None:
   if not isinstance(cfg.get("latency_table", ""), str):
     raise ValueError(f"config.latency_table={cfg.get('latency_table')!r} must be a path to a "
                      "table JSON built on the target device, or '' (build one here)")
-  if cfg.get("latency_table", "") and not os.path.exists(cfg.latency_table):
+  if cfg.get("latency_table", "") and not os.path.isfile(cfg.latency_table):
     raise ValueError(f"config.latency_table={cfg.latency_table!r} does not exist (a table JSON "
                      "written by build_device_table.py, or '' to build one here)")
   if cfg.evaluator.kind not in dmmpe.EVALUATORS:
@@ -103,8 +104,92 @@ def validate_config(cfg) -> None:
   for name in cfg.constraints:
     if name not in CONSTRAINTS:
       raise ValueError(f"config.constraints.{name} is unknown; allowed: {tuple(CONSTRAINTS)}")
-    if cfg.constraints[name] < 0:
-      raise ValueError(f"config.constraints.{name}={cfg.constraints[name]} must be >= 0 (0 = off)")
+    v = cfg.constraints[name]
+    # NaN < 0 is False: without the finite check a NaN budget passed and disabled nothing.
+    try:   # math, not np.isfinite: that raises TypeError for ints beyond int64
+      finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:   # an int too large for a float
+      finite = False
+    if not finite or v < 0:
+      raise ValueError(f"config.constraints.{name}={v!r} must be a finite number >= 0 (0 = off)")
+  _validate_search_fields(cfg)
+
+
+def _validate_search_fields(cfg) -> None:
+  """The rest of a search config, checked before the workdir is opened: seeds, counts,
+  probabilities, the space (and its overrides), the supernet workdir and the data."""
+  from evonas_jax import train_config as tc
+
+  def need(cond, field, allowed):
+    if not cond:
+      v = cfg
+      for part in field.split("."):
+        v = v[part]
+      raise ValueError(f"config.{field}={v!r} is not allowed: {allowed}")
+
+  def int_in(field, lo, hi=tc.INT_MAX):
+    v = cfg
+    for part in field.split("."):
+      v = v.get(part) if hasattr(v, "get") else None
+    if v is None:
+      return   # a config written before the field existed: its default applies
+    need(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, field,
+         f"an int in {lo}..{hi}")
+
+  int_in("seed", 0)
+  for f in ("evaluator.num_eval_batches", "evaluator.eval_batch_size", "evaluator.calib_batch_size",
+            "evaluator.devices_per_group", "evaluator.group_size", "latency_measure.batch",
+            "latency_measure.runs", "latency_measure.table_runs", "latency_measure.threads"):
+    int_in(f, 1)
+  for f in ("evaluator.calib_batches", "evaluator.num_devices", "latency_measure.warmup",
+            "latency_measure.table_warmup", "latency_validation_archs", "measure_pareto_max"):
+    int_in(f, 0)
+  for f in ("population_size", "num_generations"):
+    int_in(f, 2 if f == "population_size" else 1)
+  for f in ("nsga2.crossover_prob", "nsga2.mutation_prob"):
+    v = cfg.nsga2[f.split(".")[1]]
+    need(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+         and 0 <= v <= 1, f, "a probability in [0, 1]")
+  need(isinstance(cfg.get("measure_pareto_latency", True), bool), "measure_pareto_latency",
+       "True or False")
+  sup = cfg.supernet_workdir
+  need(isinstance(sup, str), "supernet_workdir", "'' or a finished train workdir")
+  if sup:
+    p = os.path.abspath(os.path.expanduser(sup))
+    if not (os.path.isfile(os.path.join(p, "config.json")) and os.path.isdir(os.path.join(p, "final"))):
+      raise ValueError(f"config.supernet_workdir={sup!r} is not a finished `evonas_jax.train` "
+                       "workdir (it needs config.json and final/); '' searches a random supernet")
+    return   # the trained supernet fixes the space and the data
+  need(cfg.space in tc.SPACES, "space", f"one of {tc.SPACES}")
+  need(cfg.preset in tc.PRESETS, "preset", f"one of {tc.PRESETS}")
+  over = cfg.get("space_overrides", {})
+  for name in over:
+    if name not in SPACE_OVERRIDES:
+      raise ValueError(f"config.space_overrides.{name} is unknown; allowed: {SPACE_OVERRIDES}")
+  rules = {"max_depths": (int, 1, 64), "d_state_choices": (int, 1, 4096),
+           "mlp_choices": (float, 0, None), "expand_choices": (float, 0, None)}
+  for name, (kind, lo, hi) in rules.items():
+    vals = over.get(name, ())
+    field = f"space_overrides.{name}"
+    need(isinstance(vals, (tuple, list)), field, "() or a tuple of values")
+    for x in vals:
+      if kind is int:
+        ok = isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
+      else:
+        ok = isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) and x > lo
+      need(ok, field, f"() or a tuple of {'ints in %d..%d' % (lo, hi) if kind is int else 'finite numbers > 0'}")
+  md = tuple(over.get("max_depths", ()))
+  base = get_space(cfg.space, cfg.preset)
+  need(not md or len(md) == base.num_stages, "space_overrides.max_depths",
+       f"() or {base.num_stages} block counts (one per stage)")
+  if any(over.get(k) for k in SPACE_OVERRIDES):
+    import dataclasses
+    try:
+      dataclasses.replace(base, **{k: tuple(v) for k, v in over.items() if v})
+    except ValueError as e:   # e.g. an expand that gives a non-integer d_inner
+      given = [f"space_overrides.{k}" for k in SPACE_OVERRIDES if over.get(k)]
+      raise ValueError(f"config.{' / '.join(given) or 'space_overrides'}: {e}") from None
+  tc.validate_data_config(cfg.data)
 
 
 def _devices(num: int):
@@ -272,16 +357,82 @@ class Objectives:
     return v
 
 
+def _read_table(path: str) -> "latency_lib.LatencyTable":
+  """LatencyTable.load with a message naming the file for an unreadable / malformed JSON."""
+  import json
+  where = f"config.latency_table={path!r}"
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{where}: no such file" + (" (it is a directory)"
+                                                         if os.path.isdir(path) else ""))
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{where} is not readable JSON ({type(e).__name__}: {e})") from None
+  if not (isinstance(d, dict) and isinstance(d.get("meta"), dict)
+          and isinstance(d.get("entries"), dict)):
+    raise ValueError(f"{where}: expected a JSON object with 'meta' and 'entries' objects "
+                     "(a table written by evonas_jax.tools.build_device_table)")
+  return latency_lib.LatencyTable(d["entries"], d["meta"])
+
+
+def _check_table_entries(table, space, path: str) -> None:
+  """ValueError naming the first missing / non-finite / negative entry, or a bad meta field,
+  of a latency table for `space` (every op any arch of the space can use must be timed)."""
+  import math
+  where = f"config.latency_table={path!r}"
+
+  def ms(v, key):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+      raise ValueError(f"{where}: entry {key} = {v!r} is not a latency (a finite number of "
+                       "ms >= 0)")
+
+  backend = table.meta.get("backend", "xla")
+  if backend not in latency_lib.BACKENDS:
+    raise ValueError(f"{where}: meta.backend = {backend!r}; allowed {latency_lib.BACKENDS}")
+  batch = table.meta.get("batch")
+  if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    raise ValueError(f"{where}: meta.batch = {batch!r} is not a batch size (an int >= 1)")
+  e = table.entries
+  need = ["stem", "head"] + [f"downsample{s}" for s in range(1, space.num_stages)]
+  for key in need:
+    if key not in e:
+      raise ValueError(f"{where}: no entry {key!r}")
+    ms(e[key], key)
+  if "dispatch_overhead" in e:
+    ms(e["dispatch_overhead"], "dispatch_overhead")
+  for s, c in enumerate(space.dims):
+    st = e.get(f"stage{s}")
+    if not (isinstance(st, dict) and isinstance(st.get("mixer"), dict)
+            and isinstance(st.get("mlp"), dict)):
+      raise ValueError(f"{where}: entry stage{s} must be an object with 'mixer' and 'mlp' "
+                       "objects")
+    for key, *_ in latency_lib._mixer_keys(space, s):
+      if key not in st["mixer"]:
+        raise ValueError(f"{where}: no entry stage{s}/mixer/{key} (stage {s + 1})")
+      ms(st["mixer"][key], f"stage{s}/mixer/{key}")
+    for r in space.mlp_choices:
+      key = str(int(c * r))
+      if key not in st["mlp"]:
+        raise ValueError(f"{where}: no entry stage{s}/mlp/{key} (stage {s + 1}, mlp_ratio {r})")
+      ms(st["mlp"][key], f"stage{s}/mlp/{key}")
+
+
 def load_device_table(path: str, space, num_classes: int, image_shape,
-                      backend: str = "xla") -> "latency_lib.LatencyTable":
+                      backend: str = "xla", *, complete: bool = False
+                      ) -> "latency_lib.LatencyTable":
   """The table JSON at `path` (built on a target device), refused (ValueError naming the
   differing fields) when built for another space/preset/dims/max_depths/num_classes/
-  image_shape; a WARNING is printed when it was measured on another device than this one."""
-  table = latency_lib.LatencyTable.load(path)
+  image_shape; a WARNING is printed when it was measured on another device than this one.
+  complete: also refuse a table missing an op of the space, or with a non-finite /
+  negative entry (what run_search needs; a partial table is fine for inspection)."""
+  table = _read_table(path)
   try:
     table.check_compatible(space, num_classes, image_shape)
   except ValueError as e:
     raise ValueError(f"config.latency_table={path!r}: {e}") from None
+  if complete:   # what a search needs: every op of the space timed, finite, meta.batch an int
+    _check_table_entries(table, space, path)
   here = latency_lib.current_device(table.backend)
   there = table.meta.get("device")
   if there != here:
@@ -338,10 +489,14 @@ def _manager(workdir: str):
       options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
 
 
-def save_state(mngr, generation: int, state, key, objectives: Objectives, evaluator) -> None:
+def save_state(mngr, generation: int, state, key, objectives: Objectives, evaluator,
+               scale: np.ndarray) -> None:
   import orbax.checkpoint as ocp
   tree = {"nsga2": jax.device_get(state), "rng": np.asarray(jax.random.key_data(key))}
   meta = {"generation": generation,
+          # The hypervolume scale: with latency="measured" it is a timing, which a resumed run
+          # must not re-measure (its hypervolumes would not continue the uninterrupted run's).
+          "hv_scale": [float(x) for x in scale],
           "archive": list(objectives.records.values()),
           "cache": {k.hex(): v for k, v in evaluator.cache.items()},
           "evaluator_stats": dict(evaluator.stats)}
@@ -433,7 +588,7 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
   if config.latency == "lut" or config.latency_validation_archs:
     if config.get("latency_table", ""):
       table = load_device_table(config.latency_table, space, tbl_classes, info.image_shape,
-                                backend)
+                                backend, complete=True)
     elif os.path.exists(lut_path):
       table = latency_lib.LatencyTable.load(lut_path)
       table.check_compatible(space, tbl_classes, info.image_shape)
@@ -461,12 +616,15 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
                    num_objectives=len(names))
   params = strategy.default_params.replace(crossover_prob=config.nsga2.crossover_prob,
                                            mutation_prob=config.nsga2.mutation_prob)
-  # Hypervolume normalisation: error in [0, 1]; costs relative to the largest arch's.
-  largest = space.largest()
-  macs_big, params_big = objectives.cost(largest)
-  big_vals = {"error": 1.0, "latency": objectives.latency_ms(largest) if "latency" in names else 1.0,
-              "macs": float(macs_big), "params": float(params_big)}
-  scale = np.array([big_vals[n] for n in names], np.float32)
+
+  def hv_scale():
+    # Hypervolume normalisation: error in [0, 1]; costs relative to the largest arch's.
+    largest = space.largest()
+    macs_big, params_big = objectives.cost(largest)
+    big_vals = {"error": 1.0,
+                "latency": objectives.latency_ms(largest) if "latency" in names else 1.0,
+                "macs": float(macs_big), "params": float(params_big)}
+    return np.array([big_vals[n] for n in names], np.float32)
 
   key = jax.random.key(config.seed)
   pop_bar_kw = dict(unit="arch", dynamic_ncols=True, mininterval=1.0, leave=False)
@@ -479,12 +637,15 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
       objectives.records[np.asarray(r["genome"], np.int32).tobytes()] = r
     evaluator.cache.update({bytes.fromhex(k): v for k, v in meta["cache"].items()})
     evaluator.stats.update(meta.get("evaluator_stats", {}))   # cumulative counts continue
+    # Checkpoints written before hv_scale was saved: computed again (re-measured if measured).
+    scale = (np.asarray(meta["hv_scale"], np.float32) if "hv_scale" in meta else hv_scale())
     print(f"[evonas_jax] resumed at generation {gen} ({len(objectives.records)} archs evaluated)",
           flush=True)
     writer.rewind(gen)   # generations after the checkpoint are redone: each row once
   else:
     gen = 0
     writer.rewind(-1)    # rows of an attempt that died before its first checkpoint
+    scale = hv_scale()
     key, k_init = jax.random.split(key)
     pop0 = np.asarray(strategy.initial_population(k_init))
     t0 = time.time()
@@ -497,7 +658,7 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
     # which the resume drops and rewrites (the other order would lose the row).
     _log_generation(writer, 0, state, strategy, names, scale, config, evaluator,
                     time.time() - t0, before, compile_stats)
-    save_state(ckpt, 0, state, key, objectives, evaluator)
+    save_state(ckpt, 0, state, key, objectives, evaluator, scale)
   stop = config.num_generations if max_generations_this_run is None else min(
       config.num_generations, gen + max_generations_this_run)
   outer = tqdm(range(gen, stop), desc="search", unit="gen", dynamic_ncols=True, initial=gen,
@@ -514,7 +675,7 @@ def run_search(config, workdir: str, *, max_generations_this_run: int | None = N
                              violation=jnp.asarray(viol))
     row = _log_generation(writer, g + 1, state, strategy, names, scale, config, evaluator,
                           time.time() - t0, before, compile_stats)
-    save_state(ckpt, g + 1, state, key, objectives, evaluator)
+    save_state(ckpt, g + 1, state, key, objectives, evaluator, scale)
     outer.set_postfix(hv=f"{row['hypervolume']:.4f}", pareto=row["num_pareto"],
                       hits=row["cache_hits"])
   outer.close()
@@ -619,8 +780,7 @@ def _finish(config, workdir, space, info, strategy, state, objectives, table, va
       "wall_seconds": time.time() - t_start,
       "provenance": provenance(),
   }
-  with open(os.path.join(workdir, "pareto.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  write_json_atomic(os.path.join(workdir, "pareto.json"), results, indent=1)
   write_csv(os.path.join(workdir, "pareto.csv"), front, lut, objectives.score_key)
   plot_pareto(archive, front, os.path.join(workdir, "pareto.png"),
               f"latency (ms, {'lookup table' if config.latency == 'lut' else 'measured'})",
@@ -629,8 +789,8 @@ def _finish(config, workdir, space, info, strategy, state, objectives, table, va
                    os.path.join(workdir, "hypervolume.png"))
   summary = {k: v for k, v in results.items() if k != "pareto"}
   summary["pareto_size"] = len(front)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  # Last and atomic: results.json marks the search finished (a rerun then refuses the workdir).
+  write_json_atomic(os.path.join(workdir, "results.json"), summary, indent=1)
   print_table(front, lut, workdir, objectives.score_key)
   return results
 

@@ -29,6 +29,13 @@ def main(argv):
     jax.config.update("jax_num_cpu_devices", f.local_devices)
   from evonas_jax import parallel
   parallel.initialize_distributed(f.coordinator, f.num_processes, f.process_id)
+  from evonas_jax import train_config
+  try:   # bad input: a one-line message naming the field / path, no traceback
+    train_config.validate_train_config(f.config)
+    train_config.check_workdir(f.workdir)
+  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+          PermissionError) as e:
+    raise app.UsageError(str(e)) from None
   from evonas_jax.trainer import train_and_evaluate
   try:
     train_and_evaluate(f.config, f.workdir)
@@ -38,4 +45,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # An unknown --config.<field> is a one-line usage error naming it, not a traceback.
+  from evonas_jax.train_config import config_flags_parser
+  app.run(main, flags_parser=config_flags_parser)

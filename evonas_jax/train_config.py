@@ -1,6 +1,11 @@
 """Validation of training configs: every bad field fails early, naming the field and what is allowed."""
 from __future__ import annotations
 
+import math
+import os
+import re
+import sys
+
 from evonas_jax import evaluate
 from evonas_jax.parallel import DATA_SHARDING_MODES
 from evonas_jax.pst import OFFICIAL_STAGES, SAMPLING_RULES
@@ -22,24 +27,157 @@ def engine_of(config) -> str:
   return config.get("engine", DEFAULT_ENGINE)
 
 
+# Integer fields end up in numpy / XLA int32 arithmetic (steps, batch sizes, seeds): larger values
+# overflow deep inside jax instead of failing here.
+INT_MAX = 2 ** 31 - 1
+
+
 def _need(cond: bool, field: str, allowed: str, got) -> None:
   if not cond:
     raise ValueError(f"config.{field} = {got!r} is not allowed: {allowed}")
 
 
-def _pos_int(c, field: str, minimum: int = 1) -> None:
+def _get(c, field: str):
   v = c
   for part in field.split("."):
     v = v[part]
-  _need(isinstance(v, int) and not isinstance(v, bool) and v >= minimum, field,
-        f"an integer >= {minimum}", v)
+  return v
+
+
+def _pos_int(c, field: str, minimum: int = 1, maximum: int = INT_MAX) -> None:
+  v = _get(c, field)
+  _need(isinstance(v, int) and not isinstance(v, bool) and minimum <= v <= maximum, field,
+        f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum < INT_MAX else
+                                       f" (at most {INT_MAX})"), v)
+
+
+def _number(c, field: str, lo: float = 0.0, hi: float | None = None, *, lo_open: bool = False,
+            hi_open: bool = False) -> None:
+  """A finite real (not a bool) in the interval; NaN and inf are refused (NaN >= 0 is False,
+  so `v >= 0` alone let NaN through some checks and inf through all)."""
+  v = _get(c, field)
+  ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+  ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+  left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+  allowed = (f"a finite number {'>' if lo_open else '>='} {lo:g}" if hi is None else
+             f"a number in {left}{lo:g}, {hi:g}{right}")
+  _need(ok, field, allowed, v)
 
 
 def _nonneg(c, field: str) -> None:
-  v = c
-  for part in field.split("."):
-    v = v[part]
-  _need(isinstance(v, (int, float)) and v >= 0, field, "a number >= 0", v)
+  _number(c, field, 0.0)
+
+
+def _bool(c, field: str, default=None) -> None:
+  v = c.get(field, default) if "." not in field else _get(c, field)
+  _need(isinstance(v, bool), field, "True or False", v)
+
+
+def _existing_dir(c, field: str, what: str) -> None:
+  v = _get(c, field)
+  _need(isinstance(v, str) and bool(v), field, what, v)
+  if not os.path.isdir(os.path.expanduser(v)):
+    raise ValueError(f"config.{field} = {v!r} is not allowed: {what}; no such directory")
+
+
+def validate_data_config(data_cfg, *, task: str = "classification", field: str = "data") -> None:
+  """The data config of a run, checked before the workdir is touched: every field
+  (`data.config.validate`, or `data.dense.validate` for dense tasks), the prepared TFDS dataset
+  of source="tfds", and for local sources that the files exist (unless data.allow_fallback)
+  and that data.val_size leaves training examples. Raises ValueError / FileNotFoundError
+  naming the field (a failure here used to come after config.json was written)."""
+  if task != "classification":
+    from evonas_jax.data import dense
+    try:
+      dense.validate(data_cfg)
+    except (ValueError, TypeError, KeyError) as e:
+      raise ValueError(f"config.task = {task!r} needs a dense data config "
+                       f"(evonas_jax.data.dense.dense_config_defaults; configs/dense_*.py) in "
+                       f"config.{field}: {e}") from None
+    return
+  from evonas_jax.data import config as data_config
+  from evonas_jax.data import idx as idx_lib
+  from evonas_jax.data import sources, splits
+  spec = data_config.validate(data_cfg)
+  if spec.source == "tfds":
+    base = spec.name.split("/")[0].split(":")[0]
+    if not os.path.isdir(os.path.join(spec.tfds_data_dir, base)):
+      raise FileNotFoundError(
+          f"config.{field}.name = {spec.name!r}: TFDS dataset not prepared in "
+          f"config.{field}.tfds_data_dir = {spec.tfds_data_dir!r} (no {base}/ there)")
+    return
+  n_train = sources.DIGITS_TRAIN_SIZE
+  if spec.source == "fashion_mnist":
+    missing = sources.fashion_mnist_missing_files(spec.data_dir)
+    if missing and not spec.allow_fallback:
+      raise FileNotFoundError(
+          f"config.{field}.data_dir = {spec.data_dir!r}: Fashion-MNIST files missing "
+          f"({', '.join(missing)}) and config.{field}.allow_fallback = False")
+    if missing:
+      return   # the digits fallback adapts val_size itself (data.api)
+    train_labels = os.path.join(spec.data_dir or sources.FASHION_MNIST_DEFAULT_DIR,
+                                sources.FASHION_MNIST_FILES["train"][1])
+    n_train = len(idx_lib.read_idx(train_labels))
+  splits.resolve_holdout_size(spec.val_size, n_train, field=f"config.{field}.val_size")
+
+
+def check_workdir(workdir, flag: str = "--workdir") -> str:
+  """Checks a run directory before any heavy work (what `workdir.open_workdir` will create or
+  re-open): raises ValueError / NotADirectoryError / PermissionError naming the flag and the
+  path for a missing value, a file in its place (or above it), an unwritable directory, or a
+  config.json / results.json that is not readable JSON. Writes nothing; returns the abspath."""
+  import json
+  if not isinstance(workdir, str) or not workdir.strip():
+    raise ValueError(f"{flag} is required: a run directory (new, or one to resume)")
+  path = os.path.abspath(os.path.expanduser(workdir))
+  probe = path
+  while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise NotADirectoryError(f"{flag} {workdir}: {probe} is a file, not a directory")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise PermissionError(f"{flag} {workdir}: {probe} is not writable")
+  if probe == path:
+    for name in ("config.json", "results.json"):
+      f = os.path.join(path, name)
+      if os.path.lexists(f):
+        try:
+          with open(f) as fh:
+            data = json.load(fh)
+        except (OSError, ValueError) as e:
+          raise ValueError(f"{flag} {workdir}: {f} is not readable JSON ({type(e).__name__}: "
+                           f"{e}); it is not a run directory this tool wrote. Use a new {flag}, "
+                           "or delete that directory yourself.") from None
+        if not isinstance(data, dict):
+          raise ValueError(f"{flag} {workdir}: {f} holds a {type(data).__name__}, not a JSON "
+                           f"object; use a new {flag}")
+  return path
+
+
+def config_flags_parser(argv, flag_values=None):
+  """`app.run(main, flags_parser=config_flags_parser)`: absl's flag parsing, with an unknown
+  --config.<field> reported as a one-line usage error naming the field (ml_collections raises
+  an AttributeError from deep inside config_flags, which app.run shows as a traceback)."""
+  from absl import flags
+  fv = flags.FLAGS if flag_values is None else flag_values
+  try:
+    return fv(argv)
+  except flags.Error as e:
+    sys.stderr.write(f"FATAL Flags parsing error: {e}\n"
+                     "Pass --helpshort or --helpfull to see help on flags.\n")
+    sys.exit(1)
+  except ValueError as e:   # ml_collections: an override path it cannot parse (--config.if=1)
+    given = [a.split("=", 1)[0] for a in argv[1:] if re.match(r"--?(no)?config\.", a)]
+    sys.stderr.write(f"FATAL Flags parsing error: {', '.join(given) or '--config'}: {e}\n")
+    sys.exit(1)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("\"'")
+    given = [a.split("=", 1)[0] for a in argv[1:] if re.match(r"--?(no)?config\.", a)]
+    bad = [g for g in given if re.search(r"(^|\.)" + re.escape(key) + r"($|\.)", g)] or given
+    sys.stderr.write(f"FATAL Flags parsing error: {', '.join(bad)}: the config has no field "
+                     f"{key!r} (new fields cannot be added on the command line; check the "
+                     "spelling against the config file)\n")
+    sys.exit(1)
 
 
 def validate_train_config(c) -> None:
@@ -51,6 +189,7 @@ def validate_train_config(c) -> None:
   _need(isinstance(c.get("depth_flip_tta", False), bool), "depth_flip_tta", "True or False",
         c.get("depth_flip_tta"))
   _need(c.preset in PRESETS, "preset", f"one of {PRESETS}", c.preset)
+  _pos_int(c, "seed", 0)
   for f in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every",
             "checkpoint_every", "keep_checkpoints", "teacher.num_steps", "teacher.eval_every"):
     _pos_int(c, f)
@@ -67,26 +206,61 @@ def validate_train_config(c) -> None:
   _need(c.teacher.source in TEACHER_SOURCES, "teacher.source", f"one of {TEACHER_SOURCES}",
         c.teacher.source)
   if c.teacher.source == "checkpoint":
-    _need(bool(c.teacher.checkpoint), "teacher.checkpoint",
-          "a checkpoint path (a teacher workdir's teacher/final) when teacher.source='checkpoint'",
-          c.teacher.checkpoint)
+    _existing_dir(c, "teacher.checkpoint", "a checkpoint path (a teacher workdir's teacher/final) "
+                  "when teacher.source='checkpoint'")
   if c.teacher.source == "store":
-    _need(bool(c.teacher.store), "teacher.store",
-          "a teacher-store directory (evonas_jax.teacher_store) when teacher.source='store'",
-          c.teacher.store)
+    _existing_dir(c, "teacher.store", "a teacher-store directory (evonas_jax.teacher_store) when "
+                  "teacher.source='store'")
+  if c.teacher.source in ("train", "checkpoint"):
+    # The teacher's own checks (nn.teacher), here instead of after the workdir is opened.
+    from evonas_jax.nn.teacher import teacher_from_config
+    for f in ("teacher.model.dim", "teacher.model.heads", "teacher.model.patch_size"):
+      if f.rsplit(".", 1)[1] in c.teacher.model:
+        _pos_int(c, f)
+    if "depth" in c.teacher.model:   # a ViT deeper than this is a typo, not a teacher
+      _pos_int(c, "teacher.model.depth", 1, 4096)
+    if "mlp_ratio" in c.teacher.model:
+      _number(c, "teacher.model.mlp_ratio", 0.0, lo_open=True)
+    try:
+      teacher_from_config(c.teacher.model, 1)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"config.teacher.model: {e}") from None
+    ps, size = c.teacher.model.get("patch_size"), c.data.get("image_size")
+    if isinstance(size, int) and isinstance(ps, int) and ps > size:
+      raise ValueError(f"config.teacher.model.patch_size = {ps} is not allowed: at most "
+                       f"config.data.image_size = {size} (the teacher would see no patch)")
+    _pos_int(c, "teacher.optimizer.warmup_steps", 0)
+    for f in ("teacher.optimizer.weight_decay", "teacher.optimizer.grad_clip"):
+      _nonneg(c, f)
+    _number(c, "teacher.optimizer.final_lr_fraction", 0.0, 1.0)
+  if c.teacher.source != "none":
+    p = c.distill.projector
+    if "num_heads" in p:
+      _pos_int(c, "distill.projector.num_heads")
+    if "ffn_ratio" in p:
+      _pos_int(c, "distill.projector.ffn_ratio")
+    if "softmax_scale" in p:
+      _number(c, "distill.projector.softmax_scale", 0.0, lo_open=True)
   d = c.distill
   for f in ("distill.kd_ratio", "distill.alpha_spatial", "distill.alpha_frequency",
             "sampling.inplace_kd_ratio"):
     _nonneg(c, f)
   _need(d.kd_ratio <= 1, "distill.kd_ratio", "a number in [0, 1] (λ)", d.kd_ratio)
-  _need(d.temperature > 0, "distill.temperature", "a number > 0", d.temperature)
+  _number(c, "distill.temperature", 0.0, lo_open=True)
+  _number(c, "sampling.inplace_kd_ratio", 0.0, 1.0)
+  _bool(c, "sampling.inplace_kd")
   _need(d.reduction in REDUCTIONS, "distill.reduction", f"one of {REDUCTIONS}", d.reduction)
   _need(d.student_stage in (-4, -3, -2, -1, 0, 1, 2, 3), "distill.student_stage",
         "a stage index in -4..3", d.student_stage)
   _need(c.sampling.rule in SAMPLING_RULES, "sampling.rule", f"one of {SAMPLING_RULES}",
         c.sampling.rule)
   _pos_int(c, "pst.k_max")
-  fixed = tuple(c.get("fixed_subnet", ()))
+  _pos_int(c, "pst.k_final", 0)
+  _bool(c, "pst.enabled")
+  fixed = c.get("fixed_subnet", ())
+  _need(isinstance(fixed, (tuple, list)), "fixed_subnet",
+        "() or a genome: a tuple of gene indices", fixed)
+  fixed = tuple(fixed)
   if fixed:
     from evonas_jax.space import get_space
     try:
@@ -95,14 +269,40 @@ def validate_train_config(c) -> None:
       raise ValueError(f"config.fixed_subnet = {list(fixed)} is not a genome of "
                        f"{c.space}/{c.preset}: {e}") from None
   names = [s[0] for s in OFFICIAL_STAGES]
-  bad = [s for s in c.pst.stages if s not in names]
-  _need(not bad, "pst.stages", f"a subset (in order) of {names}", list(c.pst.stages))
+  stages = c.pst.stages
+  _need(isinstance(stages, (tuple, list)), "pst.stages", f"a subset (in order) of {names}", stages)
+  bad = [s for s in stages if s not in names]
+  _need(not bad, "pst.stages", f"a subset (in order) of {names}", list(stages))
+  order = [names.index(s) for s in stages]
+  _need(order == sorted(order), "pst.stages", f"a subset in the official order {names}",
+        list(stages))
   _need(c.parallel.data_sharding in DATA_SHARDING_MODES, "parallel.data_sharding",
         f"one of {DATA_SHARDING_MODES}", c.parallel.data_sharding)
   _pos_int(c, "parallel.num_devices", 0)
   for f in ("optimizer.lr", "optimizer.weight_decay", "optimizer.grad_clip",
             "teacher.optimizer.lr"):
     _nonneg(c, f)
+  o = c.optimizer
+  if "warmup_steps" in o:
+    _pos_int(c, "optimizer.warmup_steps", 0)
+  if "final_lr_fraction" in o:
+    _number(c, "optimizer.final_lr_fraction", 0.0, 1.0)
+  if "eps" in o:
+    _number(c, "optimizer.eps", 0.0, lo_open=True)
+  if "restart_per_stage" in o:
+    _bool(c, "optimizer.restart_per_stage")
+  if "drop_path_rate" in c:
+    _number(c, "drop_path_rate", 0.0, 1.0, hi_open=True)
+  if "aux_weight" in c:
+    _nonneg(c, "aux_weight")
+  init_from = c.get("init_from", "")
+  _need(isinstance(init_from, str), "init_from", "'' or a supernet workdir / checkpoint folder",
+        init_from)
+  if init_from and not os.path.isdir(os.path.expanduser(init_from)):
+    raise ValueError(f"config.init_from = {init_from!r} is not allowed: '' or a supernet workdir / "
+                     "checkpoint folder; no such directory")
+  # Last: the data (files, prepared datasets) after every cheap field check.
+  validate_data_config(c.data, task=c.get("task", "classification"))
 
 
 def default_config():

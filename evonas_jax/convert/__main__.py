@@ -60,10 +60,13 @@ def main(argv):
                          "configs/*.py file you will train with)")
       pipeline.import_official(getattr(f, "from"), f.to, f.config, remap=f.remap, pad=f.pad,
                                skip=f.skip, allow_unmapped=f.allow_unmapped)
-  except (ValueError, FileExistsError, FileNotFoundError) as e:
+  except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError,
+          PermissionError) as e:
     # Bad input: the message names the key, file or flag; no traceback needed.
     raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # An unknown --config.<field> is a one-line usage error naming it, not a traceback.
+  from evonas_jax.train_config import config_flags_parser
+  app.run(main, flags_parser=config_flags_parser)

@@ -37,13 +37,63 @@ def target_variables(config):
   return space, rt.name, jax.device_get(variables), dict(config.get("head_cfg", {}) or {})
 
 
+def _check_parent_dir(path: str, flag: str) -> None:
+  """Raises NotADirectoryError naming --flag when an existing ancestor of `path` is a file."""
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+    parent = os.path.dirname(parent)
+  if os.path.exists(parent) and not os.path.isdir(parent):
+    raise NotADirectoryError(f"--{flag} {path}: {parent} is a file, not a directory")
+
+
+def check_import_args(src: str, out_dir: str, config, *, pad: str = "init", skip=()) -> dict:
+  """The checks `import_official` runs before building any network: --to, --pad, --skip, the
+  --config (train_config.validate_train_config) and the --from file (read here: its arrays are
+  returned). Raises ValueError / FileExistsError / FileNotFoundError / NotADirectoryError
+  naming the flag, field or file; writes nothing."""
+  import re
+  from evonas_jax.train_config import validate_train_config
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise FileExistsError(f"--to {out_dir} exists and is not a directory; refusing to overwrite it")
+  if os.path.exists(out_dir) and os.listdir(out_dir):
+    raise FileExistsError(f"--to {out_dir} exists and is not empty; refusing to overwrite it")
+  _check_parent_dir(out_dir, "to")
+  if pad not in ("init", "zero"):
+    raise ValueError(f"--pad={pad!r}: allowed 'init' or 'zero'")
+  for pattern in ([skip] if isinstance(skip, str) else list(skip or ())):
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      raise ValueError(f"--skip={pattern!r} is not a regular expression ({e})") from None
+  validate_train_config(config)
+  return state_dict_io.read_state_dict(src)
+
+
+def check_export_args(workdir: str, out_path: str, *, select=None, overwrite: bool = False):
+  """The checks `export_official` runs before loading weights: the --from workdir, --select,
+  --to (extension, existing file, parent directory). Returns (source, arch, genome)."""
+  from evonas_jax import export_lib
+  if state_dict_io._ext(out_path) in state_dict_io.TORCH_EXTS:
+    state_dict_io._need_torch(out_path)   # fail now, not after loading the weights
+  if os.path.isdir(out_path):
+    raise IsADirectoryError(f"--to {out_path} is a directory; expected a .safetensors / .npz / "
+                            ".pth file path")
+  if os.path.exists(out_path) and not overwrite:
+    raise FileExistsError(f"--to {out_path} exists; refusing to overwrite it (pass --overwrite)")
+  _check_parent_dir(out_path, "to")
+  src = export_lib.open_source(workdir)
+  arch = genome = None
+  if select is not None:
+    arch, genome, _, _, _ = export_lib.select_subnet(src, select)
+  return src, arch, genome
+
+
 def import_official(src: str, out_dir: str, config, *, remap: bool = False, pad: str = "init",
                     skip=(), allow_unmapped: bool = False, log=print) -> dict:
   """Converts `src` for the network of `config`; returns the report's JSON dict."""
   out_dir = os.path.abspath(os.path.expanduser(out_dir))
-  if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise FileExistsError(f"--to {out_dir} exists and is not empty; refusing to overwrite it")
-  sd = state_dict_io.read_state_dict(src)
+  sd = check_import_args(src, out_dir, config, pad=pad, skip=skip)
   log(f"[evonas_jax] read {len(sd)} arrays from {src}")
   space, task, target, head_cfg = target_variables(config)
   variables, rep = convert_lib.from_official(sd, space, task, target, remap=remap, pad=pad,
@@ -68,12 +118,9 @@ def export_official(workdir: str, out_path: str, *, select=None, allow_unmapped:
                     overwrite: bool = False, log=print) -> dict:
   """Writes the official-format state dict of a workdir's supernet (or subnet `select`)."""
   from evonas_jax import export_lib
-  src = export_lib.open_source(workdir)
+  src, arch, genome = check_export_args(workdir, out_path, select=select, overwrite=overwrite)
   variables, _ = export_lib.load_supernet_variables(src)
   task = (src.train_cfg or {}).get("task", "classification")
-  arch = genome = None
-  if select is not None:
-    arch, genome, _, _, _ = export_lib.select_subnet(src, select)
   sd, rep = convert_lib.to_official(variables, src.space, task, arch=arch,
                                     allow_unmapped=allow_unmapped,
                                     head_cfg=(src.train_cfg or {}).get("head_cfg"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import numbers
 import os
 from collections.abc import Mapping, Sequence
@@ -111,8 +112,12 @@ class DataSpec:
             random_flip=self.random_flip, mean=self.mean, std=self.std)
 
 
+# Sizes / counts end up in int32 numpy and XLA arithmetic: larger values overflow there.
+INT_MAX = 2**31 - 1
+
+
 def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and abs(v) <= INT_MAX
 
 
 def _per_channel(field: str, v: Any, channels: int, positive: bool) -> tuple[float, ...]:
@@ -123,6 +128,10 @@ def _per_channel(field: str, v: Any, channels: int, positive: bool) -> tuple[flo
         vals = vals * channels
     if len(vals) != channels:
         raise ValueError(f"data.{field} has {len(vals)} values but channels={channels}; give 1 or {channels}")
+    # NaN compares False with everything, so without this NaN (and inf) passed as a mean / std
+    # and normalised every image to NaN.
+    if not all(math.isfinite(x) for x in vals):
+        raise ValueError(f"data.{field} must be finite; got {v!r}")
     if positive and any(x <= 0 for x in vals):
         raise ValueError(f"data.{field} must be > 0; got {v!r}")
     return tuple(float(x) for x in vals)
@@ -156,7 +165,7 @@ def validate(data_cfg: Mapping | ml_collections.ConfigDict) -> DataSpec:
         if not isinstance(c[f], bool):
             raise ValueError(f"data.{f} must be True or False; got {c[f]!r}")
     if not _is_int(c["image_size"]) or c["image_size"] < 1:
-        raise ValueError(f"data.image_size must be an int >= 1; got {c['image_size']!r}")
+        raise ValueError(f"data.image_size must be an int in [1, {INT_MAX}]; got {c['image_size']!r}")
     if c["channels"] not in CHANNELS or not _is_int(c["channels"]):
         raise ValueError(f"data.channels must be one of {CHANNELS}; got {c['channels']!r}")
     if not _is_int(c["crop_padding"]) or not 0 <= c["crop_padding"] <= c["image_size"]:
@@ -164,7 +173,7 @@ def validate(data_cfg: Mapping | ml_collections.ConfigDict) -> DataSpec:
                          f"got {c['crop_padding']!r}")
     for f in ("num_threads", "prefetch", "cache_max_mb"):
         if not _is_int(c[f]) or c[f] < 0:
-            raise ValueError(f"data.{f} must be an int >= 0; got {c[f]!r}")
+            raise ValueError(f"data.{f} must be an int in [0, {INT_MAX}]; got {c[f]!r}")
     for f in ("image_key", "label_key", "train_split", "val_split", "test_split"):
         if not isinstance(c[f], str) or not c[f]:
             raise ValueError(f"data.{f} must be a non-empty string; got {c[f]!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
@@ -53,7 +54,9 @@ def parse_idx(data: bytes) -> np.ndarray:
         raise ValueError(f"truncated IDX header: need {header_len} bytes, have {len(data)}")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = dtype.itemsize
+    for d in shape:   # Python ints: a corrupt header cannot overflow into a "matching" size
+        expected *= d
     payload = len(data) - header_len
     if payload != expected:
         raise ValueError(
@@ -70,7 +73,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == _GZIP_MAGIC:
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"{os.fspath(path)}: not a readable gzip file (truncated or "
+                             f"corrupt: {type(e).__name__}: {e})") from None
     try:
         return parse_idx(raw)
     except ValueError as e:

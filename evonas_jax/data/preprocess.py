@@ -113,10 +113,16 @@ def _resize_short_side_center_crop(x: np.ndarray, size: int) -> np.ndarray:
 
 def _as_float_batch(images, channels: int, size: int) -> np.ndarray:
     """uint8 images, (B, H, W, C) array or a list of (H, W[, C]) arrays -> float32 (B, size, size, channels) in [0, 255]."""
+    if isinstance(images, np.ndarray) and images.dtype.kind == "f" and not np.isfinite(images).all():
+        raise ValueError(f"images: {int(images.size - np.isfinite(images).sum())} pixel values are NaN or "
+                         "infinite (expected finite values, uint8 0..255)")
     if isinstance(images, np.ndarray) and images.ndim == 4:
         groups = [images]
     else:
         images = [im[..., None] if im.ndim == 2 else im for im in images]
+        for im in images:
+            if np.asarray(im).dtype.kind == "f" and not np.isfinite(im).all():
+                raise ValueError("images: NaN or infinite pixel values (expected finite values, uint8 0..255)")
         if len({im.shape for im in images}) == 1:
             groups = [np.stack(images)]
         else:  # Variable sizes (e.g. ImageNet): one resize per image.
@@ -157,6 +163,17 @@ class Preprocessor:
     random_flip: bool = False
     mean: Sequence[float] = (0.0,)
     std: Sequence[float] = (1.0,)
+
+    def __post_init__(self):
+        # NaN / inf / zero would turn every pixel into NaN or inf downstream, silently.
+        for name, vals, positive in (("mean", self.mean, False), ("std", self.std, True)):
+            try:
+                a = np.asarray(vals, np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}={vals!r}: expected numbers (one, or one per channel)") from None
+            if a.size == 0 or not np.isfinite(a).all() or (positive and not (a > 0).all()):
+                raise ValueError(f"{name}={tuple(vals)!r}: expected finite numbers"
+                                 + (" > 0" if positive else "") + " (one, or one per channel)")
 
     def _normalize(self, x: np.ndarray) -> np.ndarray:
         mean = np.asarray(self.mean, np.float32)

@@ -84,12 +84,25 @@ class SourceData:
         return len(self.class_names)
 
 
-def _as_images(x: np.ndarray) -> np.ndarray:
-    """(N, H, W) or (N, H, W, C) -> uint8 (N, H, W, C)."""
+def _as_images(x: np.ndarray, where: str = "images") -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) -> uint8 (N, H, W, C).
+
+    Raises ValueError naming `where` for values a uint8 image cannot hold (NaN / inf, outside
+    0..255, fractional) instead of wrapping them around silently."""
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
-        raise ValueError(f"expected images of rank 3 or 4, got shape {x.shape}")
+        raise ValueError(f"{where}: expected images of rank 3 or 4, got shape {x.shape}")
+    if x.dtype != np.uint8 and x.size:
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ValueError(f"{where}: {int(np.size(x) - np.isfinite(x).sum())} pixel values are "
+                             "NaN or infinite; expected 0..255")
+        if x.dtype.kind not in "fiu":
+            raise ValueError(f"{where}: pixel dtype {x.dtype} is not numeric")
+        if x.min() < 0 or x.max() > 255:
+            raise ValueError(f"{where}: pixel values span [{x.min()}, {x.max()}]; expected 0..255")
+        if x.dtype.kind == "f" and not np.array_equal(x, np.round(x)):
+            raise ValueError(f"{where}: fractional pixel values; expected integers 0..255")
     return np.ascontiguousarray(x, dtype=np.uint8)
 
 
@@ -132,9 +145,13 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> SourceData:
                 f"{d}: {split} images {images.shape} and labels {labels.shape} do not match "
                 "(expected (N, H, W) and (N,))"
             )
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"{os.path.join(d, lbl_file)}: {split} labels have dtype {labels.dtype}; "
+                             "expected integers")
         if labels.size and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_CLASSES)):
-            raise ValueError(f"{d}: {split} labels outside [0, {len(FASHION_MNIST_CLASSES)})")
-        splits[split] = (_as_images(images), labels.astype(np.int64))
+            raise ValueError(f"{os.path.join(d, lbl_file)}: {split} labels outside "
+                             f"[0, {len(FASHION_MNIST_CLASSES)})")
+        splits[split] = (_as_images(images, os.path.join(d, img_file)), labels.astype(np.int64))
     return SourceData("fashion_mnist", splits, FASHION_MNIST_CLASSES, origin=d)
 
 

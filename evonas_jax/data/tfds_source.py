@@ -88,6 +88,47 @@ def load_builder(name: str, data_dir: str | os.PathLike):
         return read_only_builder.builder_from_files(name, data_dir=data_dir)
     except registered.DatasetNotFoundError:
         raise FileNotFoundError(_not_prepared_message(name, data_dir)) from None
+    except Exception as e:  # noqa: BLE001 - TFDS / protobuf / json errors name no file
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ValueError(
+            f"TFDS dataset {name!r} in {data_dir}: its metadata ({name}/<version>/dataset_info.json, "
+            f"features.json, metadata.json) is unreadable or corrupt ({type(e).__name__}: {first}). "
+            "Prepare it again (evonas_jax.prepare --overwrite) or point tfds_data_dir elsewhere."
+        ) from None
+
+
+class _CheckedSource:
+    """A TFDS data source whose read errors (a truncated / corrupt array_record file: a
+    RuntimeError from the C++ reader) name the dataset directory and the split."""
+
+    def __init__(self, source, where: str):
+        self._src = source
+        self._where = where
+
+    def __len__(self):
+        return len(self._src)
+
+    def _fail(self, e):
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return ValueError(f"{self._where}: a data file is unreadable or corrupt ({type(e).__name__}: "
+                          f"{first}). Prepare the dataset again (evonas_jax.prepare --overwrite).")
+
+    def __getitem__(self, i):
+        try:
+            return self._src[i]
+        except (RuntimeError, OSError, ValueError) as e:
+            raise self._fail(e) from None
+
+    def __getitems__(self, keys):
+        try:
+            return self._src.__getitems__(keys)
+        except (RuntimeError, OSError, ValueError) as e:
+            raise self._fail(e) from None
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_src", "_where"):
+            raise AttributeError(name)
+        return getattr(self._src, name)
 
 
 def _check_split(builder, name: str, split: str) -> None:
@@ -135,13 +176,22 @@ def open_split(
     for field, key in (("image_key", image_key), ("label_key", label_key)):
         if key not in features:
             raise ValueError(f"{field}={key!r} is not a feature of {name!r}; features: {sorted(features.keys())}.")
+    where = f"TFDS dataset {name!r} split {split!r} in {os.fspath(builder.data_dir)}"
     try:
         source = builder.as_data_source(split=split)
     except ValueError as e:  # Bad split expression: add the available splits.
         raise ValueError(f"{e} (TFDS dataset {name!r}; available splits: {sorted(info.splits.keys())})") from e
+    except (RuntimeError, OSError) as e:  # a truncated / corrupt / missing data file
+        raise _CheckedSource(None, where)._fail(e) from None
+    source = _CheckedSource(source, where)
     label_feature = features[label_key]
     names = tuple(getattr(label_feature, "names", None) or ()) or None
     num_classes = getattr(label_feature, "num_classes", None)
+    try:
+        metadata = dict(info.metadata or {})
+    except (ValueError, OSError, TypeError) as e:  # metadata.json is read lazily, here
+        raise ValueError(f"{where}: metadata.json is unreadable or corrupt ({type(e).__name__}: "
+                         f"{str(e)[:200]}). Prepare the dataset again (evonas_jax.prepare --overwrite).") from None
     return TfdsSplit(
         source=source,
         name=name,
@@ -155,5 +205,5 @@ def open_split(
         dataset_dir=os.fspath(builder.data_dir),
         class_names=names,
         num_classes=num_classes,
-        metadata=dict(info.metadata or {}),
+        metadata=metadata,
     )

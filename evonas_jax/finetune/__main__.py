@@ -24,11 +24,17 @@ def main(argv):
   f = flags.FLAGS
   try:
     finetune_lib.validate(f.config)
-    finetune_lib.train_config(f.config)   # bad source / select / genome: a message, no traceback
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    cfg = finetune_lib.train_config(f.config)   # bad source / select / genome: a message
+    from evonas_jax import train_config
+    train_config.validate_train_config(cfg)
+    train_config.check_workdir(f.workdir)
+  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+          PermissionError) as e:
     raise app.UsageError(str(e)) from None
   finetune_lib.finetune(f.config, f.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # An unknown --config.<field> is a one-line usage error naming it, not a traceback.
+  from evonas_jax.train_config import config_flags_parser
+  app.run(main, flags_parser=config_flags_parser)

@@ -28,6 +28,7 @@ training workdir (`select` a genome).
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import ml_collections
@@ -149,14 +150,23 @@ def validate(ft: ml_collections.ConfigDict) -> None:
   def need(cond, field, allowed):
     if not cond:
       raise ValueError(f"config.{field} = {ft[field]!r} is not allowed: {allowed}")
+  def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+  def is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
   for f in ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-    need(isinstance(ft[f], int) and ft[f] >= 1, f, "an integer >= 1")
-  need(isinstance(ft.batch_size, int) and ft.batch_size >= 0, "batch_size",
+    need(is_int(ft[f]) and ft[f] >= 1, f, "an integer >= 1")
+  need(is_int(ft.batch_size) and ft.batch_size >= 0, "batch_size",
        "an integer >= 0 (0 = the supernet run's batch)")
+  if "kd_ratio" in ft:
+    need(is_num(ft.kd_ratio) and ft.kd_ratio <= 1, "kd_ratio",
+         "a finite number <= 1 (< 0 keeps the supernet run's λ, else a λ in [0, 1])")
   for f in _OPTIMIZER_FIELDS:
     v = ft.optimizer[f]
-    if not (isinstance(v, (int, float)) and v >= 0):
-      raise ValueError(f"config.optimizer.{f} = {v!r} is not allowed: a number >= 0")
+    if not (is_num(v) and v >= 0):
+      raise ValueError(f"config.optimizer.{f} = {v!r} is not allowed: a finite number >= 0")
 
 
 def finetune(ft: ml_collections.ConfigDict, workdir: str) -> dict:

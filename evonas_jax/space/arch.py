@@ -8,9 +8,42 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 BLOCK_TYPES = ("vssd", "ss2d", "attention")
+
+
+def _per_stage(field: str, values, convert) -> tuple:
+  """tuple(convert(field[i], v) for v in values), or ValueError naming the field."""
+  if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
+    raise ValueError(f"Arch.{field} must be a sequence (one entry per stage/block), got "
+                     f"{type(values).__name__} {values!r:.100}")
+  return tuple(convert(f"{field}[{i}]", v) for i, v in enumerate(values))
+
+
+def _finite(field: str, v) -> float:
+  if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+    raise ValueError(f"Arch.{field} = {v!r:.100} must be a finite number")
+  return float(v)
+
+
+def _integral(field: str, v) -> int:
+  if isinstance(v, (numbers.Integral, np.bool_)):
+    return int(v)
+  if isinstance(v, numbers.Real) and math.isfinite(float(v)) and float(v).is_integer():
+    return int(v)
+  raise ValueError(f"Arch.{field} = {v!r:.100} must be an integer")
+
+
+def _text(field: str, v) -> str:
+  if not isinstance(v, str):
+    raise ValueError(f"Arch.{field} = {v!r:.100} must be one of {BLOCK_TYPES}")
+  return v
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +64,15 @@ class Arch:
   block_type: tuple[str, ...]
 
   def __post_init__(self):
-    # Normalise containers so equal archs hash equal whatever sequence type they came in.
-    object.__setattr__(self, "mlp_ratio", tuple(float(r) for r in self.mlp_ratio))
-    object.__setattr__(self, "d_state", tuple(int(n) for n in self.d_state))
-    object.__setattr__(self, "expand", tuple(float(e) for e in self.expand))
-    object.__setattr__(self, "depth", tuple(tuple(int(b) for b in s) for s in self.depth))
-    object.__setattr__(self, "block_type", tuple(str(t) for t in self.block_type))
+    # Normalise containers so equal archs hash equal whatever sequence type they came in. Each
+    # value is checked by field name: a bare float()/int()/tuple() would raise a message naming
+    # nothing ("could not convert string to float") or silently truncate (int(16.5), int(1.7)).
+    object.__setattr__(self, "mlp_ratio", _per_stage("mlp_ratio", self.mlp_ratio, _finite))
+    object.__setattr__(self, "d_state", _per_stage("d_state", self.d_state, _integral))
+    object.__setattr__(self, "expand", _per_stage("expand", self.expand, _finite))
+    object.__setattr__(self, "depth", _per_stage(
+        "depth", self.depth, lambda f, s: _per_stage(f, s, _integral)))
+    object.__setattr__(self, "block_type", _per_stage("block_type", self.block_type, _text))
     n = len(self.depth)
     for field in ("mlp_ratio", "d_state", "expand", "block_type"):
       if len(getattr(self, field)) != n:
@@ -72,6 +108,9 @@ class Arch:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "Arch":
+    if not isinstance(d, Mapping):
+      raise ValueError(f"Arch dict must be a mapping with fields "
+                       f"{[f.name for f in dataclasses.fields(cls)]}, got {type(d).__name__}")
     missing = {f.name for f in dataclasses.fields(cls)} - set(d)
     if missing:
       raise ValueError(f"Arch dict is missing fields {sorted(missing)}")
@@ -82,7 +121,11 @@ class Arch:
 
   @classmethod
   def from_json(cls, s: str) -> "Arch":
-    return cls.from_dict(json.loads(s))
+    try:
+      d = json.loads(s)
+    except (TypeError, ValueError) as e:   # JSONDecodeError alone names no field
+      raise ValueError(f"Arch JSON is not readable ({e}): {str(s)[:100]!r}") from None
+    return cls.from_dict(d)
 
   def short(self) -> str:
     """A one-line human-readable summary, e.g. for progress output and tables."""

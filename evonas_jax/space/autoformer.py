@@ -16,6 +16,8 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from evonas_jax.space.genome import as_genome_array
+
 SPACES = {
     "T": {"embed": (192, 216, 240), "depth": (12, 13, 14), "mlp": (3.5, 4.0), "heads": (3, 4)},
     "S": {"embed": (320, 384, 448), "depth": (12, 13, 14), "mlp": (3.0, 3.5, 4.0),
@@ -94,10 +96,8 @@ class AutoFormerSpace:
     return len(c["embed"]) * sum((len(c["mlp"]) * len(c["heads"])) ** d for d in c["depth"])
 
   def validate(self, genome) -> np.ndarray:
-    g = np.asarray(genome)
-    if g.shape != (self.genome_length,):
-      raise ValueError(f"autoformer-{self.name} genome: expected shape ({self.genome_length},), "
-                       f"got {g.shape}")
+    # Exact int64 first (NaN / 1.5 / strings / ragged lists refused, no int32 wrap-around).
+    g = as_genome_array(genome, what=f"autoformer-{self.name} genome", gene_names=self.gene_names)
     ub = self.upper_bounds
     bad = np.flatnonzero((g < 0) | (g >= ub))
     if bad.size:

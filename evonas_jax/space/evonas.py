@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from evonas_jax.space.arch import BLOCK_TYPES, Arch
+from evonas_jax.space.genome import as_genome_array
 
 MLP_CHOICES = (0.5, 1.0, 2.0, 3.0, 3.5, 4.0)
 D_STATE_CHOICES = (16, 32, 48, 64)
@@ -137,14 +138,9 @@ class SearchSpace:
   # ------------------------------------------------------------------ validation
   def validate(self, genome) -> np.ndarray:
     """Checks a genome and returns it as int32. Raises ValueError naming the bad gene."""
-    g = np.asarray(genome)
-    if g.ndim != 1 or g.shape[0] != self.genome_length:
-      raise ValueError(f"{self.name} genome must have shape ({self.genome_length},), got "
-                       f"{g.shape}; genes are {list(self.gene_names)}")
-    if not np.issubdtype(g.dtype, np.integer):
-      if not np.all(np.equal(np.mod(g, 1), 0)):
-        raise ValueError(f"{self.name} genome must hold integers, got {g.tolist()}")
-    g = g.astype(np.int32)
+    # Exact int64 first: shape, strings / None / NaN / 1.5 / ragged lists refused by name, and
+    # no int32 wrap-around (2**32 would otherwise become the valid gene 0).
+    g = as_genome_array(genome, what=f"{self.name} genome", gene_names=self.gene_names)
     for i, (gene, v) in enumerate(zip(self.genes, g)):
       if not 0 <= v < len(gene.values):
         raise ValueError(f"gene {i} ({gene.name}) = {int(v)} is out of range: allowed indices "
@@ -154,7 +150,7 @@ class SearchSpace:
         sl = self.depth_slice(s)
         raise ValueError(f"depth bits of stage {s + 1} (genes {sl.start}..{sl.stop - 1}) are all 0: "
                          f"each stage needs at least one active block")
-    return g
+    return g.astype(np.int32)
 
   def validate_arch(self, arch: Arch) -> Arch:
     """Checks that `arch` belongs to this space (round trip through encode)."""

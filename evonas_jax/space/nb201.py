@@ -18,9 +18,12 @@ NASLib op-code order: masked mode takes it as data, so one compile serves every 
 from __future__ import annotations
 
 import itertools
+import re
 
 import jax.numpy as jnp
 import numpy as np
+
+from evonas_jax.space.genome import as_genome_array
 
 # NASLib op codes (index = code).
 NASLIB_OPS = ("skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3")
@@ -35,10 +38,10 @@ SIZE = NUM_OPS ** NUM_EDGES
 
 
 def _check_genome(genome) -> np.ndarray:
-  g = np.asarray(genome)
-  if g.shape != (NUM_EDGES,):
-    raise ValueError(f"nb201 genome: expected shape (6,), got {g.shape}")
-  if not np.issubdtype(g.dtype, np.integer) or g.min() < 0 or g.max() >= NUM_OPS:
+  # Exact ints first (floats, strings, None, ragged lists refused by name; no int32 wrap-around).
+  g = as_genome_array(genome, what="nb201 genome", gene_names=NB201Space.gene_names,
+                      integral_floats=False)
+  if g.min() < 0 or g.max() >= NUM_OPS:
     raise ValueError(f"nb201 genome: op codes must be ints in 0..4 ({dict(enumerate(NASLIB_OPS))}), "
                      f"got {g.tolist()}")
   return g.astype(np.int32)
@@ -46,6 +49,10 @@ def _check_genome(genome) -> np.ndarray:
 
 def str_to_ops(arch_str: str) -> np.ndarray:
   """NB201 string -> NASLib op-index genome (6,) int32."""
+  example = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|none~1|none~2|"
+  if not isinstance(arch_str, str):
+    raise ValueError(f"nb201 arch_str must be a string such as {example!r}, got "
+                     f"{type(arch_str).__name__} {arch_str!r:.100}")
   nodes = arch_str.strip("|").split("|+|")
   if len(nodes) != 3:
     raise ValueError(f"nb201 arch_str: expected 3 nodes separated by '|+|', got {arch_str!r}")
@@ -55,9 +62,16 @@ def str_to_ops(arch_str: str) -> np.ndarray:
     if len(toks) != j:
       raise ValueError(f"nb201 arch_str: node {j} must have {j} inputs, got {node!r}")
     for tok in toks:
-      name, k = tok.split("~")
+      # Each token is op~k with k an earlier node; anything else used to surface as an unpacking
+      # ValueError, an int() error or a KeyError on the missing edge.
+      name, sep, k = tok.partition("~")
+      if not sep or not re.fullmatch(r"[0-9]+", k) or not 0 <= int(k) < j:
+        raise ValueError(f"nb201 arch_str: token {tok!r} of node {j} must be 'op~k' with k an "
+                         f"input node in 0..{j - 1}, got {arch_str!r}")
       if name not in NASLIB_OPS:
         raise ValueError(f"nb201 arch_str: op {name!r} not in {NASLIB_OPS}")
+      if (int(k), j) in ops:
+        raise ValueError(f"nb201 arch_str: node {j} lists input {k} twice in {arch_str!r}")
       ops[(int(k), j)] = NASLIB_OPS.index(name)
   return np.array([ops[e] for e in EDGES], np.int32)
 
