@@ -432,10 +432,10 @@ def main():
   from evonas_jax.provenance import provenance
   doc = {"paths": results, "kills_per_trial": a.kills_per_trial, "seed": a.seed,
          "seconds": round(time.time() - t0, 1), "device": f"CPU ({os.cpu_count()} cores)",
-         "provenance": provenance(), "logs": os.path.join(work, "logs")}
+         "provenance": provenance(), "logs": "<workdir>/logs"}
   os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-  with open(a.out, "w") as f:
-    json.dump(doc, f, indent=1)
+  with open(a.out, "w") as f:   # no machine's absolute paths in a committed result
+    f.write(json.dumps(doc, indent=1).replace(os.path.abspath(work), "<workdir>"))
   print(f"[fault_injection] wrote {a.out}", flush=True)
   ok = all(r["survived"] == r["tried"] and r["equal_to_uninterrupted"] for r in results.values())
   sys.exit(0 if ok else 1)

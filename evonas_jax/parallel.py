@@ -45,13 +45,27 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0, proces
           f"--process_id (0..num_processes-1); got {coordinator!r}, {num_processes}, {process_id}")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=timeout_s)
+    _first_collective()
     return True
   slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
   mpi_tasks = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
   if slurm_tasks > 1 or mpi_tasks > 1:
     jax.distributed.initialize(initialization_timeout=timeout_s)
+    _first_collective()
     return True
   return False
+
+
+def _first_collective() -> None:
+  """One cross-process barrier right after `jax.distributed.initialize`, while every process
+  has just met at the coordinator. On CPU the gloo communicator is created at the first
+  collective and waits only 30 s for its peers (a key-value lookup with a fixed deadline): when
+  that first collective came later (orbax's barrier when the checkpoint manager opens, after
+  the processes built and compiled the trainer at their own pace), a resumed 2-process run on a
+  loaded machine aborted with "Gloo context initialization failed: GetKeyValue() timed out"
+  (2 of the first 3 relaunches in benchmarks/fault_injection.py's multiprocess path)."""
+  from jax.experimental import multihost_utils
+  multihost_utils.sync_global_devices("evonas_jax:distributed_start")
 
 
 def make_data_mesh(num_devices: int = 0) -> Mesh:

@@ -7,6 +7,9 @@ Rerunning the same command resumes from the last checkpoint. Multi-process / mul
   launch/slurm.sbatch                  (one task per host; jax.distributed auto-detects SLURM)
 or pass --coordinator host:port --num_processes N --process_id I yourself.
 """
+import sys
+import traceback
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -39,6 +42,13 @@ def main(argv):
   from evonas_jax.trainer import train_and_evaluate
   try:
     train_and_evaluate(f.config, f.workdir)
+  except BaseException:
+    if jax.process_count() > 1:
+      # Printed now: while a peer process still runs, the shutdown below fails its barrier and
+      # aborts this process, which would swallow the traceback.
+      traceback.print_exc()
+      sys.stderr.flush()
+    raise
   finally:
     if jax.process_count() > 1:
       jax.distributed.shutdown()
