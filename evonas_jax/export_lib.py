@@ -552,9 +552,10 @@ def plan_export(workdir: str, select, out: str | None = None, *, batch_size: int
   if not isinstance(batch_size, int) or not 0 <= batch_size <= 2 ** 31 - 1:
     raise ValueError(f"--batch_size={batch_size!r} must be an int >= 0 (0 = symbolic batch)")
   if not (isinstance(int8_max_drop, (int, float)) and not isinstance(int8_max_drop, bool)
-          and math.isfinite(int8_max_drop) and 0 <= int8_max_drop <= 1):
-    raise ValueError(f"--int8_max_drop={int8_max_drop!r} must be a number in [0, 1] (an "
-                     "absolute top-1 accuracy drop)")
+          and math.isfinite(int8_max_drop) and -1 <= int8_max_drop <= 1):
+    # Negative is a stricter budget, not an error: int8 must then beat fp32 by that much.
+    raise ValueError(f"--int8_max_drop={int8_max_drop!r} must be a number in [-1, 1] (an "
+                     "absolute top-1 accuracy drop; negative: int8 must beat fp32 by that much)")
   if bn_recalib_batches is not None and not 0 <= bn_recalib_batches <= 2 ** 31 - 1:
     raise ValueError(f"--bn_recalib_batches={bn_recalib_batches} must be in [0, 2**31 - 1] (0 = keep the "
                      "supernet's shared statistics)")

@@ -1541,7 +1541,7 @@ def export_fields() -> list[Field]:
       Field("select", "custom", gen=_select_gen, ok=lambda v, cfg: select_ok(
           v, _rows_of(cfg["workdir"]), _tiny_space())),
       Field("batch_size", "int", lo=0), Field("bn_recalib_batches", "int", lo=0, none_ok=True),
-      Field("int8_val_images", "int", lo=1), Field("int8_max_drop", "float", lo=0, hi=1),
+      Field("int8_val_images", "int", lo=1), Field("int8_max_drop", "float", lo=-1, hi=1),
       Field("platforms", "custom", gen=comma_gen(export_lib.PLATFORMS, ["tpu", "CPU", " ", "gpu"]),
             ok=comma_ok(export_lib.PLATFORMS)),
       Field("formats", "custom", gen=comma_gen(export_lib.FORMATS, ["tflite", "ONNX", "int4"]),
